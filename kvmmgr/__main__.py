@@ -1,0 +1,3 @@
+from kvmmgr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""The `kvm-manager` command: argument parsing, subcommands, exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kvmmgr import __version__
+from kvmmgr.errors import EXIT_NOT_RUNNING, EXIT_OK, ConfigError, KvmManagerError
+
+if TYPE_CHECKING:
+    from kvmmgr.plan import Plan
+
+log = logging.getLogger("kvmmgr")
+
+COMMANDS = ("run", "plan", "setup", "fetch", "status", "shutdown")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    args, extra = _split_extra(args)
+    if not args or args[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        args.insert(0, "run")  # `kvm-manager` alone, or `kvm-manager -- QEMU_ARGS`
+    options = _parser().parse_args(args)
+    if extra and options.command not in {"run", "setup", "plan"}:
+        _parser().error(f"{options.command} takes no QEMU arguments after --")
+    _setup_logging(os.environ.get("DEBUG", "").strip().lower() in {"1", "true", "yes"})
+    try:
+        status: int = options.handler(options, extra)
+    except ConfigError as exc:
+        print(f"kvm-manager: configuration error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KvmManagerError as exc:
+        print(f"kvm-manager: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+def _split_extra(args: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in args:
+        at = args.index("--")
+        return args[:at], args[at + 1 :]
+    return args, []
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvm-manager",
+        description="Run a VM inside this pod, as if the VM were the pod. "
+        "Configured by environment variables (see the README).",
+    )
+    parser.add_argument("--version", action="version", version=f"kvm-manager {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="the whole startup path, then exec QEMU (default)")
+    run.set_defaults(handler=_run)
+    plan = commands.add_parser("plan", help="observe and plan; print the plan, change nothing")
+    plan.add_argument("--json", action="store_true", help="the complete plan as JSON")
+    plan.set_defaults(handler=_plan)
+    setup = commands.add_parser("setup", help="every step but the exec; print QEMU's argv")
+    setup.add_argument("--json", action="store_true", help="QEMU's argv as a JSON list")
+    setup.set_defaults(handler=_setup)
+    fetch = commands.add_parser("fetch", help="only make sure the base image is present")
+    fetch.set_defaults(handler=_fetch)
+    status = commands.add_parser("status", help="exit 0 when the VM is running (asks QMP)")
+    status.set_defaults(handler=_status)
+    shutdown = commands.add_parser("shutdown", help="ACPI power-off, hard quit after a timeout")
+    shutdown.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the guest to power off (default 60)",
+    )
+    shutdown.set_defaults(handler=_shutdown)
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kvm-manager: %(message)s"))
+    root = logging.getLogger("kvmmgr")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+
+
+def _run(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr import qemu, startup
+    from kvmmgr.config import load_settings
+
+    settings = load_settings(os.environ)
+    plan = startup.prepare(settings, extra)
+    startup.log_plan(plan)
+    startup.apply(plan, settings)
+    log.info("qemu: exec %s", " ".join(plan.qemu.argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    qemu.exec_qemu(plan.qemu)
+    return EXIT_OK  # not reached: exec_qemu replaces this process or raises
+
+
+def _plan(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr import startup
+    from kvmmgr.config import load_settings
+
+    plan = startup.prepare(load_settings(os.environ), extra)
+    if options.json:
+        sys.stdout.write(plan.to_json())
+        return EXIT_OK
+    startup.log_plan(plan)
+    print(_describe(plan))
+    return EXIT_OK
+
+
+def _setup(options: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from kvmmgr import startup
+    from kvmmgr.config import load_settings
+
+    settings = load_settings(os.environ)
+    plan = startup.prepare(settings, extra)
+    startup.log_plan(plan)
+    startup.apply(plan, settings)
+    if options.json:
+        print(json.dumps(list(plan.qemu.argv)))
+    else:
+        print(" ".join(plan.qemu.argv))
+    return EXIT_OK
+
+
+def _fetch(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr import image, pod
+    from kvmmgr.config import load_settings
+
+    settings = load_settings(os.environ)
+    disks = image.build_disks(
+        source=settings.img_source,
+        base=settings.base_image,
+        sha256=settings.img_sha256,
+        vm_dir=settings.vm_dir,
+        hostname=pod.hostname(settings),
+    )
+    image.check_available(disks)
+    log.info("image: %s", image.ensure_base(disks))
+    return EXIT_OK
+
+
+def _status(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr.qmp import vm_status
+
+    state = vm_status(_qmp_socket())
+    print(state or "not running")
+    return EXIT_OK if state == "running" else EXIT_NOT_RUNNING
+
+
+def _shutdown(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr.qmp import shutdown_vm
+
+    status, what = shutdown_vm(_qmp_socket(), options.timeout)
+    print(what)
+    return status
+
+
+def _qmp_socket() -> Path:
+    """status and shutdown need only RUN_DIR: they must work whatever else is configured."""
+    run_dir = os.environ.get("RUN_DIR", "").strip() or "/run/kvmmgr"
+    if not run_dir.startswith("/"):
+        raise ConfigError.bad_value("RUN_DIR", run_dir, "an absolute path")
+    return Path(run_dir) / "qmp.sock"
+
+
+def _describe(plan: Plan) -> str:
+    lines = [f"disk: {plan.disks.overlay} on {plan.disks.base}"]
+    for table in plan.firewall.tables:
+        lines.append(f"firewall ({table}):")
+        lines += [f"  {line}" for line in plan.firewall.save_lines(table)]
+    if plan.dhcp:
+        lines.append(f"dhcp: {plan.dhcp.config_file}")
+        lines += [f"  {line}" for line in plan.dhcp.config[1:]]
+    if plan.config_drive:
+        lines.append(f"config drive: {plan.config_drive.iso} ({plan.config_drive.label})")
+        lines += [f"  {f.path} ({len(f.data)} bytes)" for f in plan.config_drive.files]
+    lines.append("qemu: " + " ".join(plan.qemu.argv))
+    return "\n".join(lines)

@@ -1,0 +1,312 @@
+"""Settings from the environment: parsed and validated before anything is touched."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from kvmmgr.errors import ConfigError
+
+Accel = Literal["auto", "kvm", "tcg"]
+DriveFormat = Literal["configdrive", "nocloud"]
+
+TRUE_WORDS = frozenset({"1", "true", "yes"})
+FALSE_WORDS = frozenset({"0", "false", "no"})
+NAT_PROTOCOLS = ("tcp", "udp", "sctp")
+MAX_CPUS = 255  # QEMU's limit for the pc machine
+MAX_MEMORY_MIB = 16 * 1024 * 1024
+
+_Word = TypeVar("_Word", bound=str)
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MEMORY_RE = re.compile(r"^(\d+)\s*(M|Mi|MiB|MB|G|Gi|GiB|GB)?$")
+
+
+@dataclass(frozen=True, order=True)
+class PortSpec:
+    """One `proto/port` or `proto/first-last` item kept by the container (not forwarded)."""
+
+    protocol: str
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        ports = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        return f"{self.protocol}/{ports}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    img_source: str | None
+    img_target: str
+    img_sha256: str | None
+    image_dir: Path
+    vm_dir: Path
+    run_dir: Path
+    vm_ip: IPv4Address
+    vm_gw: IPv4Address
+    vm_mac: str | None
+    vm_memory_mib: int | None
+    vm_cpus: int | None
+    vm_accel: Accel
+    pod_iface: str
+    pod_ip: IPv4Address | None
+    resolv_conf: Path
+    userdata_path: Path
+    metadata_path: Path
+    config_drive_format: DriveFormat
+    vnc: bool
+    vnc_password: str | None = field(repr=False)
+    nat_exclude: tuple[PortSpec, ...]
+    dhcp: bool
+    dnsmasq_opts: tuple[str, ...]
+    hostname: str | None
+    debug: bool
+
+    @property
+    def base_image(self) -> Path:
+        return self.image_dir / self.img_target
+
+    @property
+    def vm_network(self) -> IPv4Network:
+        return IPv4Network(f"{self.vm_ip}/30", strict=False)
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Parse every variable of the contract; the first bad one raises ConfigError."""
+
+    def get(name: str) -> str:
+        return env.get(name, "").strip()
+
+    image_dir = _abs_path(env, "IMAGE_DIR", "/image")
+    img_source = get("IMG_SOURCE") or None
+    if img_source is not None:
+        _check_source(img_source)
+    img_target = get("IMG_TARGET") or (_source_basename(img_source) if img_source else "")
+    if not img_target:
+        raise ConfigError("IMG_SOURCE is not set: expected the URL or path of the base image")
+    if "/" in img_target or img_target in {".", ".."}:
+        raise ConfigError.bad_value("IMG_TARGET", img_target, "a plain file name")
+    img_sha256 = get("IMG_SHA256").lower() or None
+    if img_sha256 is not None and not _SHA256_RE.match(img_sha256):
+        raise ConfigError.bad_value("IMG_SHA256", img_sha256, "64 hexadecimal digits")
+
+    vm_ip = _ipv4("VM_IP", get("VM_IP") or "192.168.254.2")
+    vm_gw = _ipv4("VM_GW", get("VM_GW") or "192.168.254.1")
+    _check_pair(vm_ip, vm_gw)
+
+    nat_exclude = _port_specs(get("NAT_EXCLUDE"))
+    dnsmasq_opts = get("DNSMASQ_OPTS")
+    try:
+        dnsmasq_args = tuple(shlex.split(dnsmasq_opts))
+    except ValueError as exc:
+        raise ConfigError.bad_value("DNSMASQ_OPTS", dnsmasq_opts, f"shell words ({exc})") from None
+
+    no_vnc = _boolean(env, "NO_VNC")
+    vnc_password = env.get("VNC_PASSWORD") or None
+    if vnc_password is not None and not 1 <= len(vnc_password.encode()) <= 8:
+        # The VNC protocol's authentication uses only the first 8 bytes: refuse rather than
+        # silently accept a password that is not what the user thinks it is.
+        raise ConfigError(
+            f"VNC_PASSWORD has {len(vnc_password.encode())} bytes: expected 1 to 8 "
+            "(VNC authentication uses at most 8); the value is not shown"
+        )
+
+    hostname = get("HOSTNAME") or None
+    if hostname is not None:
+        check_hostname("HOSTNAME", hostname)
+
+    return Settings(
+        img_source=img_source,
+        img_target=img_target,
+        img_sha256=img_sha256,
+        image_dir=image_dir,
+        vm_dir=_abs_path(env, "VM_DIR", str(image_dir)),
+        run_dir=_abs_path(env, "RUN_DIR", "/run/kvmmgr"),
+        vm_ip=vm_ip,
+        vm_gw=vm_gw,
+        vm_mac=_mac(get("VM_MAC")),
+        vm_memory_mib=_memory(get("VM_MEMORY")),
+        vm_cpus=_positive_int("VM_CPUS", get("VM_CPUS"), MAX_CPUS),
+        vm_accel=_choice("VM_ACCEL", get("VM_ACCEL") or "auto", ("auto", "kvm", "tcg")),
+        pod_iface=_ifname(get("POD_IFACE") or "eth0"),
+        pod_ip=_ipv4("POD_IP", get("POD_IP")) if get("POD_IP") else None,
+        resolv_conf=_abs_path(env, "RESOLV_CONF", "/etc/resolv.conf"),
+        userdata_path=_abs_path(env, "USERDATA_PATH", "/userdata"),
+        metadata_path=_abs_path(env, "METADATA_PATH", "/metadata"),
+        config_drive_format=_choice(
+            "CONFIG_DRIVE_FORMAT",
+            get("CONFIG_DRIVE_FORMAT") or "configdrive",
+            ("configdrive", "nocloud"),
+        ),
+        vnc=not no_vnc,
+        vnc_password=None if no_vnc else vnc_password,
+        nat_exclude=nat_exclude,
+        dhcp=not _boolean(env, "NO_DHCP"),
+        dnsmasq_opts=dnsmasq_args,
+        hostname=hostname,
+        debug=_boolean(env, "DEBUG"),
+    )
+
+
+def check_hostname(name: str, value: str) -> str:
+    """An RFC 1123 host name: it names the VM's disk file and goes out in DHCP."""
+    labels = value.split(".")
+    ok = len(value) <= 253 and all(
+        re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) for label in labels
+    )
+    if not ok:
+        raise ConfigError.bad_value(
+            name, value, "an RFC 1123 host name (lower-case letters, digits, '-', '.')"
+        )
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip()
+    word = raw.lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS or word == "":
+        return False
+    raise ConfigError.bad_value(name, raw, "one of 1/true/yes or 0/false/no")
+
+
+def _abs_path(env: Mapping[str, str], name: str, default: str) -> Path:
+    raw = env.get(name, "").strip() or default
+    if not raw.startswith("/") or "\0" in raw:
+        raise ConfigError.bad_value(name, raw, "an absolute path")
+    return Path(posixpath.normpath(raw))
+
+
+def _ipv4(name: str, raw: str) -> IPv4Address:
+    try:
+        address = IPv4Address(raw)
+    except ValueError:
+        raise ConfigError.bad_value(name, raw, "an IPv4 address such as 192.168.254.2") from None
+    special = (
+        address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_reserved
+    )
+    if special:
+        raise ConfigError.bad_value(
+            name, raw, "a unicast IPv4 address (not loopback, link-local, multicast or reserved)"
+        )
+    return address
+
+
+def _check_pair(vm_ip: IPv4Address, vm_gw: IPv4Address) -> None:
+    net = IPv4Network(f"{vm_ip}/30", strict=False)
+    usable = (net.network_address + 1, net.network_address + 2)
+    if vm_ip not in usable:
+        raise ConfigError.bad_value(
+            "VM_IP",
+            str(vm_ip),
+            f"a usable host of its /30 ({usable[0]} or {usable[1]}), "
+            "not the network or broadcast address",
+        )
+    if vm_gw not in usable or vm_gw == vm_ip:
+        other = usable[1] if vm_ip == usable[0] else usable[0]
+        raise ConfigError.bad_value(
+            "VM_GW", str(vm_gw), f"the other usable host of VM_IP's /30 {net}, i.e. {other}"
+        )
+
+
+def _check_source(source: str) -> None:
+    scheme = urlsplit(source).scheme
+    if source.startswith("/") or (scheme in {"http", "https"} and urlsplit(source).netloc):
+        return
+    if scheme == "file" and urlsplit(source).path.startswith("/"):
+        return
+    raise ConfigError.bad_value(
+        "IMG_SOURCE", source, "an http(s):// URL, a file:// URL or an absolute path"
+    )
+
+
+def _source_basename(source: str) -> str:
+    path = source if source.startswith("/") else urlsplit(source).path
+    return posixpath.basename(path.rstrip("/"))
+
+
+def _mac(raw: str) -> str | None:
+    if not raw:
+        return None
+    mac = raw.lower().replace("-", ":")
+    if not _MAC_RE.match(raw.lower()):
+        raise ConfigError.bad_value("VM_MAC", raw, "a MAC address such as 52:54:00:12:34:56")
+    first = int(mac[:2], 16)
+    if first & 1:
+        raise ConfigError.bad_value("VM_MAC", raw, "a unicast MAC (the first octet must be even)")
+    if mac == "00:00:00:00:00:00":
+        raise ConfigError.bad_value("VM_MAC", raw, "a MAC address other than all zeros")
+    return mac
+
+
+def _memory(raw: str) -> int | None:
+    if not raw:
+        return None
+    match = _MEMORY_RE.match(raw)
+    expected = "a positive size in MiB such as 2048, or with a unit: 2048M, 2G"
+    if not match:
+        raise ConfigError.bad_value("VM_MEMORY", raw, expected)
+    mib = int(match.group(1)) * (1024 if (match.group(2) or "M").startswith("G") else 1)
+    if not 1 <= mib <= MAX_MEMORY_MIB:
+        raise ConfigError.bad_value("VM_MEMORY", raw, expected)
+    return mib
+
+
+def _positive_int(name: str, raw: str, maximum: int) -> int | None:
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ConfigError.bad_value(name, raw, f"a whole number from 1 to {maximum}")
+    return int(raw)
+
+
+def _choice(name: str, raw: str, choices: tuple[_Word, ...]) -> _Word:
+    for choice in choices:
+        if raw.lower() == choice:
+            return choice
+    raise ConfigError.bad_value(name, raw, "one of " + ", ".join(choices))
+
+
+def _ifname(raw: str) -> str:
+    if not _IFNAME_RE.match(raw):
+        raise ConfigError.bad_value("POD_IFACE", raw, "a network interface name such as eth0")
+    return raw
+
+
+def _port_specs(raw: str) -> tuple[PortSpec, ...]:
+    """`tcp/9100 udp/5353,tcp/8000-8010` -> PortSpecs, duplicates dropped, order kept."""
+    specs: dict[PortSpec, None] = {}
+    for item in raw.replace(",", " ").split():
+        spec = _port_spec(item)
+        specs.setdefault(spec, None)
+    return tuple(specs)
+
+
+def _port_spec(item: str) -> PortSpec:
+    expected = "items like tcp/9100, udp/5353 or tcp/8000-8010 (tcp, udp or sctp; ports 1-65535)"
+    protocol, _, ports = item.lower().partition("/")
+    first, _, last = ports.partition("-")
+    last = last or first
+    valid = (
+        protocol in NAT_PROTOCOLS
+        and first.isdigit()
+        and last.isdigit()
+        and 1 <= int(first) <= int(last) <= 65535
+    )
+    if not valid:
+        raise ConfigError.bad_value("NAT_EXCLUDE", item, expected)
+    return PortSpec(protocol, int(first), int(last))

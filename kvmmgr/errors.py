@@ -1,0 +1,42 @@
+"""Errors that end a command, each with the exit status documented in the README."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a step of the startup path failed (download, kernel call, subprocess)
+EXIT_CONFIG = 2  # bad configuration or input file; nothing was changed
+EXIT_NOT_RUNNING = 3  # status/shutdown: QEMU is not running
+EXIT_FORCED = 4  # shutdown: the guest ignored ACPI and QEMU was quit hard
+
+
+class KvmManagerError(Exception):
+    """Base class: the message is one line meant for the user."""
+
+    exit_status = EXIT_FAILURE
+
+
+class ConfigError(KvmManagerError):
+    """A configuration value or input file is wrong; raised before any side effect."""
+
+    exit_status = EXIT_CONFIG
+
+    @classmethod
+    def bad_value(cls, name: str, value: object, expected: str) -> ConfigError:
+        return cls(f"{name}={value!r}: expected {expected}")
+
+
+class StepError(KvmManagerError):
+    """A step of the startup path failed while acting on the system."""
+
+
+class CommandError(StepError):
+    """A subprocess failed: carries the command, its exit status and its stderr."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        detail = self.stderr.splitlines()[-1] if self.stderr else "no error output"
+        super().__init__(f"{' '.join(self.argv)} exited with status {returncode}: {detail}")

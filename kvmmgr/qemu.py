@@ -1,0 +1,114 @@
+"""QEMU: its command line built as data (pure), and the exec that hands the container to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kvmmgr.errors import StepError
+from kvmmgr.files import write_atomic
+
+QEMU = "qemu-system-x86_64"
+VNC_SECRET_ID = "vncpass"
+
+
+@dataclass(frozen=True)
+class QemuPlan:
+    argv: tuple[str, ...]
+    qmp_socket: Path
+    vnc_password_file: Path | None  # written at start from VNC_PASSWORD, never in argv
+
+
+def build_qemu(
+    *,
+    hostname: str,
+    accel: Literal["kvm", "tcg"],
+    memory_mib: int,
+    cpus: int,
+    overlay: Path,
+    config_drive: Path | None,
+    tap: str,
+    mac: str,
+    vhost: bool,
+    vnc: bool,
+    vnc_password: bool,
+    run_dir: Path,
+    extra_args: Sequence[str],
+) -> QemuPlan:
+    qmp_socket = run_dir / "qmp.sock"
+    password_file = run_dir / "vnc-password" if vnc and vnc_password else None
+    argv = [
+        QEMU,
+        "-name",
+        f"guest={hostname},debug-threads=on",
+        "-machine",
+        "pc",
+        "-accel",
+        accel,
+        # TCG emulates `host` poorly; qemu64 is what every legacy guest knows.
+        "-cpu",
+        "host" if accel == "kvm" else "qemu64",
+        "-m",
+        str(memory_mib),
+        "-smp",
+        str(cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-rtc",
+        "base=utc",
+        # The serial console is the container's stdout (`kubectl logs`), and its stdin
+        # (`kubectl attach`): Ctrl-C there goes to the guest, not to QEMU.
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+        "-qmp",
+        f"unix:{qmp_socket},server=on,wait=off",
+        "-drive",
+        f"file={overlay},if=none,id=disk0,format=qcow2,discard=unmap",
+        "-device",
+        "virtio-blk-pci,drive=disk0,bootindex=1",
+    ]
+    if config_drive is not None:
+        argv += [
+            "-drive",
+            f"file={config_drive},if=none,id=cidata,media=cdrom,readonly=on,format=raw",
+            "-device",
+            "ide-cd,drive=cidata",
+        ]
+    argv += [
+        # vhost only when /dev/vhost-net opens: QEMU 7.2 aborts if asked for it without.
+        "-netdev",
+        f"tap,id=net0,ifname={tap},script=no,downscript=no,vhost={'on' if vhost else 'off'}",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={mac}",
+        "-device",
+        "virtio-rng-pci",
+    ]
+    if vnc:
+        vnc_option = "0.0.0.0:0"
+        if password_file is not None:
+            argv += ["-object", f"secret,id={VNC_SECRET_ID},file={password_file},format=raw"]
+            vnc_option += f",password-secret={VNC_SECRET_ID}"
+        argv += ["-vga", "std", "-vnc", vnc_option]
+    else:
+        argv += ["-vga", "none", "-display", "none"]
+    argv += list(extra_args)
+    return QemuPlan(tuple(argv), qmp_socket, password_file)
+
+
+def write_vnc_password(plan: QemuPlan, password: str | None) -> None:
+    if plan.vnc_password_file is not None and password is not None:
+        write_atomic(plan.vnc_password_file, password.encode(), mode=0o600)
+
+
+def exec_qemu(plan: QemuPlan) -> None:
+    """Replace this process with QEMU: it becomes the container's main process."""
+    plan.qmp_socket.unlink(missing_ok=True)  # a stale socket from a previous QEMU
+    try:
+        os.execvp(plan.argv[0], list(plan.argv))
+    except OSError as exc:
+        raise StepError(f"could not start {plan.argv[0]}: {exc.strerror}") from exc
