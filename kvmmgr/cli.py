@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvmmgr import __version__
-from kvmmgr.errors import EXIT_NOT_RUNNING, EXIT_OK, ConfigError, KvmManagerError
+from kvmmgr.errors import (
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    ConfigError,
+    KvmManagerError,
+    PreconditionError,
+)
 
 if TYPE_CHECKING:
     from kvmmgr.plan import Plan
@@ -34,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = options.handler(options, extra)
     except ConfigError as exc:
         print(f"kvm-manager: configuration error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except PreconditionError as exc:
+        print(f"kvm-manager: the pod is not ready for the VM: {exc}", file=sys.stderr)
         return exc.exit_status
     except KvmManagerError as exc:
         print(f"kvm-manager: error: {exc}", file=sys.stderr)
@@ -95,10 +104,7 @@ def _run(options: argparse.Namespace, extra: list[str]) -> int:
     from kvmmgr import qemu, startup
     from kvmmgr.config import load_settings
 
-    settings = load_settings(os.environ)
-    plan = startup.prepare(settings, extra)
-    startup.log_plan(plan)
-    startup.apply(plan, settings)
+    plan = startup.setup(load_settings(os.environ), extra)
     log.info("qemu: exec %s", " ".join(plan.qemu.argv))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -125,10 +131,7 @@ def _setup(options: argparse.Namespace, extra: list[str]) -> int:
     from kvmmgr import startup
     from kvmmgr.config import load_settings
 
-    settings = load_settings(os.environ)
-    plan = startup.prepare(settings, extra)
-    startup.log_plan(plan)
-    startup.apply(plan, settings)
+    plan = startup.setup(load_settings(os.environ), extra)
     if options.json:
         print(json.dumps(list(plan.qemu.argv)))
     else:

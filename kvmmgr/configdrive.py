@@ -3,11 +3,14 @@ then written as an ISO 9660 image with Rock Ridge and Joliet names (pycdlib)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
+import time
+import types
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ LABELS: dict[DriveFormat, str] = {"configdrive": "config-2", "nocloud": "cidata"
 # Instance ids derive from the hostname, so they survive restarts (cloud-init reruns its
 # first-boot modules when the id changes) and differ between VMs.
 UUID_NAMESPACE = uuid.UUID("6f1b0e52-41c4-4c8e-9a57-6b7a0e5f2c11")
+ISO_EPOCH = 946684800.0  # 2000-01-01T00:00:00Z: every date recorded in the ISO
 
 
 @dataclass(frozen=True)
@@ -99,10 +103,28 @@ def build_config_drive(
     return ConfigDrivePlan(drive_format, LABELS[drive_format], iso, metadata, tuple(files))
 
 
-def write_iso(plan: ConfigDrivePlan) -> None:
-    """Write the ISO atomically, readable by its owner only (user-data can hold secrets)."""
+def write_iso(plan: ConfigDrivePlan) -> bool:
+    """Write the ISO atomically, readable by its owner only (user-data can hold secrets).
+    False when the file already held exactly these bytes (left untouched)."""
+    data = render_iso(plan)
+    try:
+        if plan.iso.read_bytes() == data:
+            return False
+    except OSError:
+        pass  # missing or unreadable: write it
+    write_atomic(plan.iso, data, mode=0o600)
+    return True
+
+
+def render_iso(plan: ConfigDrivePlan) -> bytes:
+    """The ISO's bytes: the same plan always gives the same bytes."""
     import pycdlib  # imported here: only this step needs it
 
+    with _fixed_clock():
+        return _build_iso(pycdlib, plan)
+
+
+def _build_iso(pycdlib: Any, plan: ConfigDrivePlan) -> bytes:
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=plan.label)
     names = _Iso9660Names()
@@ -126,7 +148,35 @@ def write_iso(plan: ConfigDrivePlan) -> None:
         raise StepError(f"could not build the config drive {plan.iso}: {exc}") from exc
     finally:
         iso.close()
-    write_atomic(plan.iso, buffer.getvalue(), mode=0o600)
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _fixed_clock() -> Iterator[None]:
+    """pycdlib stamps every record with time.time() in local time and has no option for a
+    fixed date: while it builds, its modules see a clock stopped at ISO_EPOCH, in UTC."""
+    import pycdlib.dates
+    import pycdlib.headervd
+    import pycdlib.pycdlib
+    import pycdlib.utils
+
+    stopped = types.SimpleNamespace(
+        time=lambda: ISO_EPOCH,
+        localtime=time.gmtime,
+        gmtime=time.gmtime,
+        strftime=time.strftime,
+        strptime=time.strptime,
+        struct_time=time.struct_time,
+        mktime=time.mktime,
+    )
+    modules = (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
+    for module in modules:
+        module.time = stopped  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.time = time  # type: ignore[attr-defined]
 
 
 class _Iso9660Names:

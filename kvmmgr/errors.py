@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # a step of the startup path failed (download, kernel call, subprocess)
-EXIT_CONFIG = 2  # bad configuration or input file; nothing was changed
+EXIT_CONFIG = 2  # bad configuration, input file or pod environment; nothing was changed
 EXIT_NOT_RUNNING = 3  # status/shutdown: QEMU is not running
 EXIT_FORCED = 4  # shutdown: the guest ignored ACPI and QEMU was quit hard
 
@@ -25,6 +25,13 @@ class ConfigError(KvmManagerError):
     @classmethod
     def bad_value(cls, name: str, value: object, expected: str) -> ConfigError:
         return cls(f"{name}={value!r}: expected {expected}")
+
+
+class PreconditionError(KvmManagerError):
+    """The pod lacks something the startup path needs (device, capability, program, writable
+    directory); found before any side effect."""
+
+    exit_status = EXIT_CONFIG
 
 
 class StepError(KvmManagerError):

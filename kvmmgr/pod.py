@@ -185,10 +185,10 @@ def _limits_v1(root: Path, paths: dict[str, str]) -> Limits:
     return Limits(memory_mib, cpus)
 
 
-def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), device: str = "/dev/kvm") -> bool:
     """KVM works for a stock guest only with hardware virtualisation: some hosts expose a
     /dev/kvm (e.g. PVM) that opens but cannot run an ordinary kernel."""
-    if not _opens("/dev/kvm"):
+    if not _opens(device):
         return False
     try:
         text = cpuinfo.read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from kvmmgr import configdrive, dhcp, firewall, image, network, pod, qemu
+from kvmmgr import configdrive, dhcp, firewall, image, network, pod, preflight, qemu
 from kvmmgr.config import Settings
 from kvmmgr.files import ensure_private_dir
 from kvmmgr.plan import BRIDGE, Plan, make_plan
@@ -19,6 +19,15 @@ def prepare(settings: Settings, extra_qemu_args: Sequence[str] = ()) -> Plan:
     inputs = configdrive.read_inputs(settings.userdata_path, settings.metadata_path)
     plan = make_plan(settings, facts, inputs, extra_qemu_args)
     image.check_available(plan.disks)
+    return plan
+
+
+def setup(settings: Settings, extra_qemu_args: Sequence[str] = ()) -> Plan:
+    """Steps 1-8: everything but the exec. Every check comes before the first change."""
+    plan = prepare(settings, extra_qemu_args)
+    preflight.check(plan)
+    log_plan(plan)
+    apply(plan, settings)
     return plan
 
 
@@ -97,5 +106,6 @@ def _config_drive(plan: Plan) -> str:
     drive = plan.config_drive
     if drive is None:
         return "none (no user-data or metadata)"
-    configdrive.write_iso(drive)
-    return f"{drive.iso} ({drive.label}: {', '.join(f.path for f in drive.files)})"
+    written = configdrive.write_iso(drive)
+    files = ", ".join(f.path for f in drive.files)
+    return f"{drive.iso} ({drive.label}: {files}){'' if written else ', unchanged'}"

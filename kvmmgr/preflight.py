@@ -1,0 +1,79 @@
+"""Checks of what the pod must provide, made before anything is changed.
+
+Without them a missing device or capability would surface halfway through the startup path,
+after a bridge or a rule already exists; here it is one line and exit status 2, like a bad
+variable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from kvmmgr.errors import PreconditionError
+from kvmmgr.plan import Plan
+
+CAP_NET_ADMIN = 12
+TUN_DEVICE = "/dev/net/tun"
+
+
+def check(plan: Plan, status_file: Path = Path("/proc/self/status")) -> None:
+    """Raise PreconditionError for the first thing the startup path would miss."""
+    _check_capability(status_file)
+    _check_tun()
+    programs = [plan.qemu.argv[0], "qemu-img"]
+    if plan.dhcp is not None:
+        programs.append(plan.dhcp.argv[0])
+    for program in programs:
+        if shutil.which(program) is None:
+            raise PreconditionError(f"{program}: not found on PATH: expected it installed")
+    writable = [plan.qemu.qmp_socket.parent]
+    if not plan.disks.overlay.exists():
+        writable.append(plan.disks.overlay.parent)
+    if not plan.disks.base.exists():
+        writable.append(plan.disks.base.parent)
+    for directory in writable:
+        _check_writable(directory)
+
+
+def effective_capabilities(status_text: str) -> int:
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _check_capability(status_file: Path) -> None:
+    try:
+        caps = effective_capabilities(status_file.read_text())
+    except OSError:
+        return  # no /proc: nothing to tell; the kernel will say it
+    if not caps & (1 << CAP_NET_ADMIN):
+        raise PreconditionError(
+            "the NET_ADMIN capability is missing: expected it in the container's "
+            "securityContext.capabilities.add (bridge, tap and firewall need it)"
+        )
+
+
+def _check_tun() -> None:
+    try:
+        os.close(os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        raise PreconditionError(
+            f"{TUN_DEVICE}: cannot open ({exc.strerror}): expected the TUN/TAP device "
+            "(in Kubernetes: a device-plugin resource or a hostPath device)"
+        ) from None
+
+
+def _check_writable(directory: Path) -> None:
+    """The directory, or the nearest parent that exists (the step will create the rest)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PreconditionError(f"{existing}: not a directory: expected one to hold {directory}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PreconditionError(
+            f"{existing}: not writable: expected a writable directory for {directory}"
+        )
