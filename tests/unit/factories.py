@@ -1,0 +1,61 @@
+"""Plain builders of Settings and PodFacts for the pure tests: no kernel, no files."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from kvmmgr.config import Settings, load_settings
+from kvmmgr.configdrive import DriveInputs
+from kvmmgr.plan import Plan, make_plan
+from kvmmgr.pod import Devices, Limits, PodDns, PodFacts, PodInterface, PodRoutes
+
+BASE_ENV: Mapping[str, str] = {
+    "IMG_SOURCE": "http://images.example/base.qcow2",
+    "HOSTNAME": "vm-0",
+    "RUN_DIR": "/run/test-kvmmgr",
+}
+
+
+def settings(**env: str) -> Settings:
+    return load_settings({**BASE_ENV, **env})
+
+
+def pod_facts(**changes: Any) -> PodFacts:
+    facts = PodFacts(
+        hostname="vm-0",
+        interface=PodInterface(
+            name="eth0",
+            addresses=(IPv4Interface("10.244.1.7/24"),),
+            mac="0a:58:0a:f4:01:07",
+            mtu=1450,
+        ),
+        routes=PodRoutes(
+            gateway=IPv4Address("10.244.1.1"),
+            destinations=(IPv4Network("10.244.0.0/16"),),
+        ),
+        dns=PodDns(
+            nameservers=(IPv4Address("10.96.0.10"), IPv4Address("10.96.0.11")),
+            search=("default.svc.cluster.local", "svc.cluster.local"),
+            ignored=(),
+        ),
+        limits=Limits(memory_mib=None, cpus=None),
+        devices=Devices(kvm=False, vhost_net=False),
+    )
+    return dataclasses.replace(facts, **changes)
+
+
+def plan(
+    env: Mapping[str, str] | None = None,
+    facts: PodFacts | None = None,
+    inputs: DriveInputs | None = None,
+    extra: tuple[str, ...] = (),
+) -> Plan:
+    return make_plan(
+        settings(**(env or {})),
+        facts or pod_facts(),
+        inputs or DriveInputs(userdata=b"#!/bin/sh\necho hi\n", metadata={"role": "db"}),
+        extra,
+    )

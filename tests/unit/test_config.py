@@ -1,0 +1,179 @@
+"""Every variable of the contract: defaults, accepted forms, and one clear error per bad value."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from kvmmgr.config import PortSpec, load_settings
+from kvmmgr.errors import EXIT_CONFIG, ConfigError
+from tests.unit.factories import BASE_ENV, settings
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = load_settings({"IMG_SOURCE": "https://images.example/dir/focal.qcow2?sig=1"})
+    assert s.img_target == "focal.qcow2"
+    assert s.image_dir == Path("/image")
+    assert s.vm_dir == Path("/image")
+    assert s.run_dir == Path("/run/kvmmgr")
+    assert (s.vm_ip, s.vm_gw) == (IPv4Address("192.168.254.2"), IPv4Address("192.168.254.1"))
+    assert s.vm_mac is None
+    assert (s.vm_memory_mib, s.vm_cpus) == (None, None)
+    assert s.vm_accel == "auto"
+    assert s.pod_iface == "eth0"
+    assert s.resolv_conf == Path("/etc/resolv.conf")
+    assert s.userdata_path == Path("/userdata")
+    assert s.metadata_path == Path("/metadata")
+    assert s.config_drive_format == "configdrive"
+    assert s.vnc and s.vnc_password is None and s.dhcp and not s.debug
+    assert s.nat_exclude == () and s.dnsmasq_opts == ()
+
+
+def test_vm_dir_defaults_to_image_dir() -> None:
+    assert settings(IMAGE_DIR="/cache/").vm_dir == Path("/cache")
+    assert settings(IMAGE_DIR="/cache", VM_DIR="/disks").vm_dir == Path("/disks")
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("/srv/images/base.img", "base.img"),
+        ("file:///srv/images/my%20disk.qcow2", "my%20disk.qcow2"),
+        ("http://10.0.0.1:8080/a/b/c.raw", "c.raw"),
+    ],
+)
+def test_img_target_is_the_source_basename(source: str, target: str) -> None:
+    assert settings(IMG_SOURCE=source).img_target == target
+
+
+def test_image_source_may_be_omitted_when_a_target_is_named() -> None:
+    s = load_settings({"IMG_TARGET": "base.qcow2"})
+    assert s.img_source is None and s.base_image == Path("/image/base.qcow2")
+
+
+@pytest.mark.parametrize("word", ["1", "true", "YES", " True "])
+def test_booleans_true(word: str) -> None:
+    s = settings(NO_VNC=word, NO_DHCP=word, DEBUG=word)
+    assert not s.vnc and not s.dhcp and s.debug
+
+
+@pytest.mark.parametrize("word", ["0", "false", "No", ""])
+def test_booleans_false(word: str) -> None:
+    s = settings(NO_VNC=word, NO_DHCP=word, DEBUG=word)
+    assert s.vnc and s.dhcp and not s.debug
+
+
+def test_nat_exclude_items_ranges_and_duplicates() -> None:
+    s = settings(NAT_EXCLUDE="tcp/9100 udp/5353,TCP/8000-8010  tcp/9100")
+    assert s.nat_exclude == (
+        PortSpec("tcp", 9100, 9100),
+        PortSpec("udp", 5353, 5353),
+        PortSpec("tcp", 8000, 8010),
+    )
+    assert [str(p) for p in s.nat_exclude] == ["tcp/9100", "udp/5353", "tcp/8000-8010"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "mib"), [("2048", 2048), ("512M", 512), ("512MiB", 512), ("2G", 2048), ("3Gi", 3072)]
+)
+def test_memory_units(raw: str, mib: int) -> None:
+    assert settings(VM_MEMORY=raw).vm_memory_mib == mib
+
+
+def test_mac_is_normalised() -> None:
+    assert settings(VM_MAC="52-54-00-AB-CD-EF").vm_mac == "52:54:00:ab:cd:ef"
+
+
+def test_dnsmasq_opts_are_shell_words() -> None:
+    s = settings(DNSMASQ_OPTS="--log-dhcp --dhcp-option='option:ntp-server,10.0.0.5'")
+    assert s.dnsmasq_opts == ("--log-dhcp", "--dhcp-option=option:ntp-server,10.0.0.5")
+
+
+def test_vnc_password_is_dropped_with_no_vnc_and_never_shown() -> None:
+    assert settings(NO_VNC="1", VNC_PASSWORD="secret").vnc_password is None
+    s = settings(VNC_PASSWORD="s3cret")
+    assert s.vnc_password == "s3cret"
+    assert "s3cret" not in repr(s)
+
+
+# (variable, bad value, a fragment of what the message says is expected)
+BAD_VALUES = [
+    ("VM_IP", "192.168.254.300", "an IPv4 address"),
+    ("VM_IP", "not-an-ip", "an IPv4 address"),
+    ("VM_IP", "127.0.0.2", "unicast IPv4 address"),
+    ("VM_IP", "224.0.0.5", "unicast IPv4 address"),
+    ("VM_IP", "192.168.254.3", "usable host of its /30"),
+    ("VM_IP", "192.168.254.0", "usable host of its /30"),
+    ("VM_GW", "192.168.254.5", "the other usable host"),
+    ("VM_GW", "192.168.254.2", "the other usable host"),
+    ("VM_GW", "", None),  # empty means the default: accepted
+    ("VM_MAC", "52:54:00:12:34", "a MAC address"),
+    ("VM_MAC", "zz:54:00:12:34:56", "a MAC address"),
+    ("VM_MAC", "01:00:5e:00:00:01", "unicast MAC"),
+    ("VM_MAC", "00:00:00:00:00:00", "other than all zeros"),
+    ("VM_MEMORY", "0", "a positive size"),
+    ("VM_MEMORY", "-512", "a positive size"),
+    ("VM_MEMORY", "lots", "a positive size"),
+    ("VM_MEMORY", "1.5G", "a positive size"),
+    ("VM_CPUS", "0", "a whole number from 1"),
+    ("VM_CPUS", "-1", "a whole number from 1"),
+    ("VM_CPUS", "two", "a whole number from 1"),
+    ("VM_CPUS", "256", "a whole number from 1 to 255"),
+    ("VM_ACCEL", "xen", "one of auto, kvm, tcg"),
+    ("CONFIG_DRIVE_FORMAT", "iso", "one of configdrive, nocloud"),
+    ("NAT_EXCLUDE", "tcp/99999", "items like tcp/9100"),
+    ("NAT_EXCLUDE", "icmp/8", "items like tcp/9100"),
+    ("NAT_EXCLUDE", "9100", "items like tcp/9100"),
+    ("NAT_EXCLUDE", "tcp/9000-8000", "items like tcp/9100"),
+    ("NAT_EXCLUDE", "tcp/0", "items like tcp/9100"),
+    ("NO_VNC", "maybe", "one of 1/true/yes or 0/false/no"),
+    ("NO_DHCP", "2", "one of 1/true/yes or 0/false/no"),
+    ("DEBUG", "on", "one of 1/true/yes or 0/false/no"),
+    ("POD_IFACE", "eth0; rm -rf /", "a network interface name"),
+    ("POD_IFACE", "averyveryverylongname", "a network interface name"),
+    ("POD_IP", "10.244.1", "an IPv4 address"),
+    ("IMG_SOURCE", "ftp://images.example/a.qcow2", "an http(s):// URL"),
+    ("IMG_SOURCE", "relative/path.qcow2", "an http(s):// URL"),
+    ("IMG_TARGET", "../escape.qcow2", "a plain file name"),
+    ("IMG_SHA256", "abc123", "64 hexadecimal digits"),
+    ("IMAGE_DIR", "image", "an absolute path"),
+    ("VM_DIR", "./disks", "an absolute path"),
+    ("RUN_DIR", "run", "an absolute path"),
+    ("RESOLV_CONF", "resolv.conf", "an absolute path"),
+    ("USERDATA_PATH", "userdata", "an absolute path"),
+    ("METADATA_PATH", "~/metadata", "an absolute path"),
+    ("DNSMASQ_OPTS", "--dhcp-option='unclosed", "shell words"),
+    ("HOSTNAME", "Bad_Host", "an RFC 1123 host name"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), BAD_VALUES)
+def test_bad_value_names_variable_value_and_expectation(
+    name: str, value: str, expected: str | None
+) -> None:
+    env = {**BASE_ENV, name: value}
+    if expected is None:
+        load_settings(env)
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    message = str(caught.value)
+    assert message.startswith(f"{name}={value.strip()!r}: expected ")
+    assert expected in message
+    assert "\n" not in message
+    assert caught.value.exit_status == EXIT_CONFIG
+
+
+def test_missing_image_source_and_target() -> None:
+    with pytest.raises(ConfigError, match="IMG_SOURCE is not set"):
+        load_settings({})
+
+
+@pytest.mark.parametrize("password", ["123456789", "é" * 5])
+def test_vnc_password_longer_than_vnc_allows_is_refused_without_showing_it(password: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(VNC_PASSWORD=password)
+    assert "VNC_PASSWORD" in str(caught.value)
+    assert password not in str(caught.value)

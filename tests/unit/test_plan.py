@@ -1,0 +1,147 @@
+"""The pure planner: the same inputs give the same plan; every decision is checked as data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from kvmmgr.errors import ConfigError
+from kvmmgr.plan import QEMU_OVERHEAD_MIB, derive_mac
+from kvmmgr.pod import Devices, Limits, PodRoutes
+from tests.unit.factories import plan, pod_facts
+
+
+def test_plan_json_is_deterministic_and_complete() -> None:
+    first = plan().to_json()
+    assert first == plan().to_json()
+    data = json.loads(first)
+    assert set(data) >= {"pod", "vm", "firewall", "dhcp", "disks", "config_drive", "qemu"}
+    assert data["pod_ip"] == "10.244.1.7/24"
+    assert data["vm"]["ip"] == "192.168.254.2"
+    assert data["vm"]["mac"] == derive_mac("vm-0")
+    assert data["disks"]["overlay"] == "/image/vm-0.qcow2"
+    assert data["qemu"]["argv"][0] == "qemu-system-x86_64"
+    paths = [f["path"] for f in data["config_drive"]["files"]]
+    assert paths == ["openstack/latest/meta_data.json", "openstack/latest/user_data"]
+
+
+def test_plan_json_does_not_print_user_data() -> None:
+    from kvmmgr.configdrive import DriveInputs
+
+    text = plan(inputs=DriveInputs(b"#cloud-config\npassword: hunter2\n", None)).to_json()
+    assert "hunter2" not in text
+
+
+def test_plan_json_does_not_print_the_vnc_password() -> None:
+    assert "s3cret" not in plan({"VNC_PASSWORD": "s3cret"}).to_json()
+
+
+def test_mac_is_stable_local_and_unicast() -> None:
+    mac = derive_mac("vm-0")
+    assert mac == derive_mac("vm-0")
+    assert mac != derive_mac("vm-1")
+    first = int(mac.split(":")[0], 16)
+    assert first & 0b10  # locally administered
+    assert not first & 0b01  # unicast
+
+
+def test_vm_mac_overrides_the_derived_one() -> None:
+    assert plan({"VM_MAC": "52:54:00:00:00:01"}).vm.mac == "52:54:00:00:00:01"
+
+
+def test_first_pod_address_unless_pod_ip_names_another() -> None:
+    iface = dataclasses.replace(
+        pod_facts().interface,
+        addresses=(IPv4Interface("10.244.1.7/24"), IPv4Interface("10.244.1.8/24")),
+    )
+    facts = pod_facts(interface=iface)
+    assert plan(facts=facts).pod_ip == IPv4Interface("10.244.1.7/24")
+    chosen = plan({"POD_IP": "10.244.1.8"}, facts)
+    assert chosen.pod_ip == IPv4Interface("10.244.1.8/24")
+    assert (
+        "-A KVMMGR-PREROUTING -d 10.244.1.8/32 -i eth0 -j KVMMGR-DNAT"
+        in chosen.firewall.save_lines("nat")
+    )
+
+
+def test_pod_ip_that_is_not_on_the_interface() -> None:
+    with pytest.raises(ConfigError, match=r"POD_IP='10.244.1.9': expected one of the addresses"):
+        plan({"POD_IP": "10.244.1.9"})
+
+
+def test_interface_without_ipv4_address() -> None:
+    facts = pod_facts(interface=dataclasses.replace(pod_facts().interface, addresses=()))
+    with pytest.raises(ConfigError, match=r"POD_IFACE='eth0': expected an interface with an IPv4"):
+        plan(facts=facts)
+
+
+def test_vm_network_overlapping_the_pod_subnet() -> None:
+    with pytest.raises(ConfigError, match=r"VM_IP='10.244.1.2'.*overlaps the pod's network"):
+        plan({"VM_IP": "10.244.1.2", "VM_GW": "10.244.1.1"})
+
+
+def test_vm_network_overlapping_a_pod_route() -> None:
+    facts = pod_facts(routes=PodRoutes(IPv4Address("10.244.1.1"), (IPv4Network("192.168.0.0/16"),)))
+    with pytest.raises(ConfigError, match=r"overlaps a route of the pod 192.168.0.0/16"):
+        plan(facts=facts)
+
+
+def test_memory_and_cpus_follow_the_container_limits() -> None:
+    facts = pod_facts(limits=Limits(memory_mib=4096, cpus=3))
+    p = plan(facts=facts)
+    assert (p.vm.memory_mib, p.vm.cpus) == (4096 - QEMU_OVERHEAD_MIB, 3)
+    assert ["-m", str(4096 - QEMU_OVERHEAD_MIB)] == list(
+        p.qemu.argv[p.qemu.argv.index("-m") : p.qemu.argv.index("-m") + 2]
+    )
+
+
+def test_explicit_memory_and_cpus_win_with_a_note_when_tight() -> None:
+    p = plan({"VM_MEMORY": "4G", "VM_CPUS": "2"}, pod_facts(limits=Limits(4096, 8)))
+    assert (p.vm.memory_mib, p.vm.cpus) == (4096, 2)
+    assert any("VM_MEMORY=4096 MiB" in note for note in p.notes)
+
+
+def test_defaults_without_limits() -> None:
+    p = plan()
+    assert (p.vm.memory_mib, p.vm.cpus) == (1024, 1)
+
+
+def test_memory_limit_too_small_for_a_vm() -> None:
+    with pytest.raises(ConfigError, match="memory limit of 200 MiB"):
+        plan(facts=pod_facts(limits=Limits(200, None)))
+
+
+def test_accel_auto_falls_back_to_tcg_with_a_note() -> None:
+    p = plan()
+    assert p.vm.accel == "tcg"
+    assert any("using TCG" in note for note in p.notes)
+    kvm = plan(facts=pod_facts(devices=Devices(kvm=True, vhost_net=True)))
+    assert kvm.vm.accel == "kvm" and not kvm.notes
+
+
+def test_accel_kvm_without_kvm_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"VM_ACCEL='kvm'"):
+        plan({"VM_ACCEL": "kvm"})
+
+
+def test_accel_tcg_is_honoured_even_with_kvm() -> None:
+    p = plan({"VM_ACCEL": "tcg"}, pod_facts(devices=Devices(kvm=True, vhost_net=False)))
+    assert p.vm.accel == "tcg" and not p.notes
+
+
+def test_paths() -> None:
+    p = plan(
+        {"IMAGE_DIR": "/cache", "VM_DIR": "/disks", "RUN_DIR": "/run/x"}, pod_facts(hostname="db-3")
+    )
+    assert p.disks.base == Path("/cache/base.qcow2")
+    assert p.disks.overlay == Path("/disks/db-3.qcow2")
+    assert p.config_drive is not None and p.config_drive.iso == Path("/run/x/config-drive.iso")
+    assert p.qemu.qmp_socket == Path("/run/x/qmp.sock")
+
+
+def test_no_dhcp() -> None:
+    assert plan({"NO_DHCP": "yes"}).dhcp is None

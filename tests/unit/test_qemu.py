@@ -1,0 +1,73 @@
+"""QEMU's argv, built as data."""
+
+from __future__ import annotations
+
+from kvmmgr.pod import Devices
+from kvmmgr.qemu import QemuPlan
+from tests.unit.factories import plan, pod_facts
+
+
+def _option(argv: tuple[str, ...], flag: str) -> list[str]:
+    """Every value given to `flag`."""
+    return [argv[i + 1] for i, word in enumerate(argv) if word == flag]
+
+
+def _qemu(env: dict[str, str] | None = None, **facts: object) -> QemuPlan:
+    return plan(env, pod_facts(**facts) if facts else None).qemu
+
+
+def test_default_argv() -> None:
+    q = _qemu()
+    argv = q.argv
+    assert argv[0] == "qemu-system-x86_64"
+    assert _option(argv, "-accel") == ["tcg"]
+    assert _option(argv, "-m") == ["1024"]
+    assert _option(argv, "-smp") == ["1"]
+    assert "-nodefaults" in argv
+    assert _option(argv, "-chardev") == ["stdio,id=console,signal=off"]
+    assert _option(argv, "-serial") == ["chardev:console"]
+    assert "-monitor" not in argv  # -nodefaults: no monitor on stdio either
+    assert _option(argv, "-qmp") == ["unix:/run/test-kvmmgr/qmp.sock,server=on,wait=off"]
+    drives = _option(argv, "-drive")
+    assert drives[0] == "file=/image/vm-0.qcow2,if=none,id=disk0,format=qcow2,discard=unmap"
+    assert drives[1].startswith("file=/run/test-kvmmgr/config-drive.iso,")
+    assert "media=cdrom" in drives[1] and "readonly=on" in drives[1]
+    netdev = _option(argv, "-netdev")
+    assert netdev == ["tap,id=net0,ifname=kvmtap0,script=no,downscript=no,vhost=off"]
+    mac = plan().vm.mac
+    assert f"virtio-net-pci,netdev=net0,mac={mac}" in _option(argv, "-device")
+    assert _option(argv, "-vnc") == ["0.0.0.0:0"]
+    assert q.vnc_password_file is None
+
+
+def test_kvm_and_vhost_when_the_pod_has_them() -> None:
+    argv = _qemu(devices=Devices(kvm=True, vhost_net=True)).argv
+    assert _option(argv, "-accel") == ["kvm"]
+    assert _option(argv, "-cpu") == ["host"]
+    assert _option(argv, "-netdev")[0].endswith(",vhost=on")
+
+
+def test_vnc_password_goes_through_a_secret_file_not_argv() -> None:
+    q = _qemu({"VNC_PASSWORD": "s3cret"})
+    assert "s3cret" not in " ".join(q.argv)
+    assert q.vnc_password_file is not None
+    assert f"secret,id=vncpass,file={q.vnc_password_file},format=raw" in _option(q.argv, "-object")
+    assert _option(q.argv, "-vnc") == ["0.0.0.0:0,password-secret=vncpass"]
+
+
+def test_no_vnc() -> None:
+    argv = _qemu({"NO_VNC": "1", "VNC_PASSWORD": "s3cret"}).argv
+    assert "-vnc" not in argv
+    assert _option(argv, "-display") == ["none"]
+
+
+def test_no_config_drive_without_inputs() -> None:
+    from kvmmgr.configdrive import DriveInputs
+
+    argv = plan(inputs=DriveInputs(None, None)).qemu.argv
+    assert len(_option(argv, "-drive")) == 1
+
+
+def test_extra_arguments_come_last() -> None:
+    argv = plan(extra=("-device", "usb-tablet")).qemu.argv
+    assert argv[-2:] == ("-device", "usb-tablet")
