@@ -131,7 +131,7 @@ def _setup(options: argparse.Namespace, extra: list[str]) -> int:
     from kvmmgr import startup
     from kvmmgr.config import load_settings
 
-    plan = startup.setup(load_settings(os.environ), extra)
+    plan = startup.setup(load_settings(os.environ), extra, exec_qemu=False)
     if options.json:
         print(json.dumps(list(plan.qemu.argv)))
     else:

@@ -36,8 +36,11 @@ def build_dhcp(
     search: tuple[str, ...],
     mtu: int,
     verbose: bool,
+    log_to_file: bool,
     extra_args: tuple[str, ...],
 ) -> DhcpPlan:
+    """`log_to_file`: when QEMU does not take over this process (`setup`), dnsmasq must not
+    keep the caller's stderr open: it logs to RUN_DIR/dnsmasq.log instead."""
     config_file = run_dir / "dnsmasq.conf"
     pid_file = run_dir / "dnsmasq.pid"
     lease_file = run_dir / "dnsmasq.leases"
@@ -63,7 +66,8 @@ def build_dhcp(
         f"dhcp-option=option:mtu,{mtu}",
         f"dhcp-leasefile={lease_file}",
         f"pid-file={pid_file}",
-        "log-facility=-",  # stderr: the container log
+        # stderr is the container log; dnsmasq then keeps a copy of it after it forks
+        f"log-facility={run_dir / 'dnsmasq.log' if log_to_file else '-'}",
     ]
     if verbose:
         lines.append("log-dhcp")

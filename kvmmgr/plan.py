@@ -61,8 +61,14 @@ class Plan:
 
 
 def make_plan(
-    settings: Settings, pod: PodFacts, inputs: DriveInputs, extra_qemu_args: Sequence[str] = ()
+    settings: Settings,
+    pod: PodFacts,
+    inputs: DriveInputs,
+    extra_qemu_args: Sequence[str] = (),
+    *,
+    exec_qemu: bool = True,
 ) -> Plan:
+    """`exec_qemu` False: this process ends after setup instead of becoming QEMU."""
     notes: list[str] = []
     pod_ip = _pod_address(settings, pod)
     _check_no_overlap(settings, pod)
@@ -114,6 +120,7 @@ def make_plan(
             search=pod.dns.search,
             mtu=pod.interface.mtu,
             verbose=settings.debug,
+            log_to_file=not exec_qemu,
             extra_args=settings.dnsmasq_opts,
         )
     config_drive = build_config_drive(

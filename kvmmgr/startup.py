@@ -13,18 +13,22 @@ from kvmmgr.plan import BRIDGE, Plan, make_plan
 log = logging.getLogger("kvmmgr")
 
 
-def prepare(settings: Settings, extra_qemu_args: Sequence[str] = ()) -> Plan:
+def prepare(
+    settings: Settings, extra_qemu_args: Sequence[str] = (), *, exec_qemu: bool = True
+) -> Plan:
     """Steps 1-3: observe the pod, read the inputs, plan. Changes nothing."""
     facts = pod.observe(settings, BRIDGE)
     inputs = configdrive.read_inputs(settings.userdata_path, settings.metadata_path)
-    plan = make_plan(settings, facts, inputs, extra_qemu_args)
+    plan = make_plan(settings, facts, inputs, extra_qemu_args, exec_qemu=exec_qemu)
     image.check_available(plan.disks)
     return plan
 
 
-def setup(settings: Settings, extra_qemu_args: Sequence[str] = ()) -> Plan:
+def setup(
+    settings: Settings, extra_qemu_args: Sequence[str] = (), *, exec_qemu: bool = True
+) -> Plan:
     """Steps 1-8: everything but the exec. Every check comes before the first change."""
-    plan = prepare(settings, extra_qemu_args)
+    plan = prepare(settings, extra_qemu_args, exec_qemu=exec_qemu)
     preflight.check(plan)
     log_plan(plan)
     apply(plan, settings)
