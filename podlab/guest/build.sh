@@ -2,7 +2,7 @@
 # Build the kvm-manager end-to-end test guest: Debian's kernel + a busybox initramfs (init.sh,
 # rootfs/, udpecho.c) on a BIOS-bootable FAT "superfloppy" (SYSLINUX), written as OUT_DIR/guest.qcow2.
 #
-# Usage: tests/guest/build.sh [OUT_DIR]          (default OUT_DIR: <repo>/build/guest)
+# Usage: podlab/guest/build.sh [OUT_DIR]          (default OUT_DIR: <repo>/build/guest)
 #   env GUEST_IPERF3=1   also put iperf3 and its libraries into the guest (bigger, slower boot)
 #
 # Incremental: the kernel .deb and its extracted tree are kept in OUT_DIR/kernel/; the initramfs and

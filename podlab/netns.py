@@ -1,0 +1,162 @@
+"""Network namespaces that stand in for a Kubernetes node and pod.
+
+Every namespace the lab makes is named `kvmt-<pid>-<n>-<role>`: unique per run, and
+recognisable afterwards, so that leftovers of a run that was killed can be swept away.
+Deleting a namespace first kills every process inside it (dnsmasq, QEMU, servers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "kvmt-"
+NETNS_DIR = Path("/run/netns")
+_counter = itertools.count()
+_NAME_RE = re.compile(rf"^{PREFIX}(\d+)-\d+-[a-z]+$")
+
+
+def sh(
+    *argv: str, check: bool = True, timeout: float = 30, env: Mapping[str, str] | None = None
+) -> str:
+    """Run a command (never through a shell); its stdout. Failures carry stderr."""
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+
+    @classmethod
+    def create(cls, role: str) -> Namespace:
+        ns = cls(f"{PREFIX}{os.getpid()}-{next(_counter)}-{role}")
+        sh("ip", "netns", "add", ns.name)
+        ns.ip("link", "set", "lo", "up")
+        return ns
+
+    def argv(self, *command: str) -> list[str]:
+        """`command` run inside this namespace."""
+        return ["ip", "netns", "exec", self.name, *command]
+
+    def run(
+        self,
+        *command: str,
+        check: bool = True,
+        timeout: float = 30,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        return sh(*self.argv(*command), check=check, timeout=timeout, env=env)
+
+    def ip(self, *args: str) -> str:
+        return sh("ip", "-n", self.name, *args)
+
+    def popen(
+        self, command: Sequence[str], env: Mapping[str, str] | None = None, **kwargs: object
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.argv(*command), env=env, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    def pids(self) -> list[int]:
+        """Every process whose network namespace is this one."""
+        try:
+            ours = os.stat(NETNS_DIR / self.name)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                theirs = os.stat(entry / "ns" / "net")
+            except OSError:
+                continue
+            if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                found.append(int(entry.name))
+        return found
+
+    def delete(self) -> None:
+        """Kill what runs inside, then remove the namespace (its links go with it)."""
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+def sweep_stale() -> list[str]:
+    """Remove lab namespaces whose creating process is gone (a run that was killed)."""
+    removed = []
+    for line in sh("ip", "netns", "list").splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = _NAME_RE.match(name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            Namespace(name).delete()
+            removed.append(name)
+    return removed
+
+
+@dataclass(frozen=True)
+class PodNetwork:
+    """A "node" and a "pod" namespace joined by a veth, as a CNI plugin would leave them:
+    the pod's `eth0` holds the pod IP with a default route via the node."""
+
+    node: Namespace
+    pod: Namespace
+    node_ip: str = "10.244.0.1"
+    pod_ip: str = "10.244.0.10"
+    prefix: int = 24
+    mtu: int = 1450  # an overlay network's MTU: not the default, so it is seen to travel
+
+    @classmethod
+    def create(cls, **addresses: str | int) -> PodNetwork:
+        node = Namespace.create("node")
+        try:
+            pod = Namespace.create("pod")
+        except BaseException:
+            node.delete()
+            raise
+        net = cls(node, pod, **addresses)  # type: ignore[arg-type]
+        try:
+            net._wire()
+        except BaseException:
+            net.delete()
+            raise
+        return net
+
+    def _wire(self) -> None:
+        mtu = str(self.mtu)
+        self.pod.ip(
+            "link", "add", "eth0", "mtu", mtu, "type", "veth",
+            "peer", "name", "veth0", "mtu", mtu, "netns", self.node.name,
+        )  # fmt: skip
+        self.node.ip("addr", "add", f"{self.node_ip}/{self.prefix}", "dev", "veth0")
+        self.node.ip("link", "set", "veth0", "up")
+        self.pod.ip("addr", "add", f"{self.pod_ip}/{self.prefix}", "dev", "eth0")
+        self.pod.ip("link", "set", "eth0", "up")
+        self.pod.ip("route", "add", "default", "via", self.node_ip)
+
+    def delete(self) -> None:
+        self.pod.delete()
+        self.node.delete()
