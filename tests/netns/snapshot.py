@@ -1,0 +1,116 @@
+"""The observable state of a pod, as plain data, so that two moments can be compared whole:
+links, addresses, routes, iptables (legacy, as python-iptables writes), sysctls, processes,
+and the files of the pod's volumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from podlab.lab import PodLab
+from podlab.netns import Namespace
+
+# The PID of the dnsmasq that replaced the last one, and its log (appended to at each start).
+VOLATILE_FILES = {"dnsmasq.pid", "dnsmasq.log"}
+
+
+def links(ns: Namespace) -> list[dict[str, Any]]:
+    found = []
+    for link in json.loads(ns.ip("-d", "-j", "link", "show")):
+        found.append(
+            {
+                "name": link["ifname"],
+                "kind": link.get("linkinfo", {}).get("info_kind"),
+                "mtu": link["mtu"],
+                "master": link.get("master"),
+                "up": "UP" in link["flags"],
+                "mac": link.get("address"),
+            }
+        )
+    return sorted(found, key=lambda link: link["name"])
+
+
+def addresses(ns: Namespace) -> list[str]:
+    found = []
+    for link in json.loads(ns.ip("-j", "addr", "show")):
+        for info in link.get("addr_info", []):
+            if info["family"] == "inet":
+                found.append(f"{link['ifname']} {info['local']}/{info['prefixlen']}")
+    return sorted(found)
+
+
+def routes(ns: Namespace) -> list[str]:
+    """Routes without the `linkdown` flag: carrier comes and goes with QEMU, not with us."""
+    return sorted(line.replace(" linkdown", "").strip() for line in ns.ip("route").splitlines())
+
+
+def iptables(ns: Namespace) -> list[str]:
+    """iptables-legacy-save without comments and counters."""
+    lines = []
+    for line in ns.run("iptables-legacy-save").splitlines():
+        if line.startswith("#"):
+            continue
+        lines.append(re.sub(r"\[\d+:\d+\]", "[0:0]", line))
+    return lines
+
+
+def our_rules(ns: Namespace, table: str) -> list[str]:
+    """The rules of one table that jump to or live in kvm-manager's chains."""
+    rules, current = [], None
+    for line in iptables(ns):
+        if line.startswith("*"):
+            current = line[1:]
+        elif current == table and line.startswith("-A") and "KVMMGR-" in line:
+            rules.append(line)
+    return rules
+
+
+def sysctls(ns: Namespace, *names: str) -> dict[str, str]:
+    return {
+        name: ns.run("cat", f"/proc/sys/{name.replace('.', '/')}", check=False).strip()
+        for name in names
+    }
+
+
+def processes(ns: Namespace) -> list[str]:
+    """Command lines of every process in the namespace (PIDs left out: they change)."""
+    found = []
+    for pid in ns.pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0]:
+            found.append(" ".join(a.decode() for a in argv if a))
+    return sorted(found)
+
+
+def files(root: Path) -> dict[str, str]:
+    """Each file under `root`: mode, and a digest of its content (but for VOLATILE_FILES)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_socket() or path.is_dir():
+            continue
+        mode = oct(path.stat().st_mode & 0o777)
+        if path.name in VOLATILE_FILES:
+            found[str(path.relative_to(root))] = mode
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            found[str(path.relative_to(root))] = f"{mode} {digest}"
+    return found
+
+
+def pod_state(lab: PodLab) -> dict[str, Any]:
+    pod = lab.net.pod
+    return {
+        "links": links(pod),
+        "addresses": addresses(pod),
+        "routes": routes(pod),
+        "iptables": iptables(pod),
+        "sysctls": sysctls(pod, "net.ipv4.ip_forward", "net.ipv4.conf.all.route_localnet"),
+        "processes": processes(pod),
+        "volumes": files(lab.volumes),
+    }

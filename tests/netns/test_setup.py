@@ -1,0 +1,149 @@
+"""`kvm-manager setup` in a fresh pod namespace: real links, rules, sysctls and dnsmasq.
+
+Each test gets its own node and pod namespaces (podlab); nothing boots here, the e2e suite does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from kvmmgr.firewall import Chain, FirewallPlan
+from podlab.lab import HOSTNAME, PodLab
+from tests.netns.snapshot import links, our_rules, pod_state, processes
+
+
+def setup(lab: PodLab, **env: str | None) -> subprocess.CompletedProcess[str]:
+    done = lab.cli("setup", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def planned(lab: PodLab, **env: str | None) -> dict[str, Any]:
+    done = lab.cli("plan", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    plan: dict[str, Any] = json.loads(done.stdout)
+    return plan
+
+
+def planned_rules(plan: dict[str, Any], table: str) -> list[str]:
+    chains = tuple(
+        Chain(c["table"], c["name"], c["hook"], tuple(c["rules"]))
+        for c in plan["firewall"]["chains"]
+    )
+    return sorted(FirewallPlan(chains, ()).save_lines(table))
+
+
+def dnsmasq_pids(lab: PodLab) -> list[str]:
+    return [p for p in processes(lab.net.pod) if p.startswith("dnsmasq")]
+
+
+def test_setup_builds_the_pod_side_of_the_vm(lab: PodLab) -> None:
+    done = setup(lab)
+    argv = json.loads(done.stdout)
+    assert argv[0] == "qemu-system-x86_64"
+    by_name = {link["name"]: link for link in links(lab.net.pod)}
+    assert by_name["kvmbr0"]["kind"] == "bridge"
+    assert by_name["kvmbr0"]["up"] and by_name["kvmbr0"]["mtu"] == lab.net.mtu
+    assert by_name["kvmtap0"]["kind"] == "tun"
+    assert by_name["kvmtap0"]["master"] == "kvmbr0" and by_name["kvmtap0"]["mtu"] == lab.net.mtu
+    state = pod_state(lab)
+    assert "kvmbr0 192.168.254.1/30" in state["addresses"]
+    assert state["sysctls"]["net.ipv4.ip_forward"] == "1"
+    assert lab.net.pod.run("cat", "/proc/sys/net/ipv4/conf/kvmbr0/route_localnet").strip() == "1"
+    conf = lab.volumes / "run" / "dnsmasq.conf"
+    assert dnsmasq_pids(lab) == [f"dnsmasq --conf-file={conf}"]
+    overlay = lab.volumes / "image" / f"{HOSTNAME}.qcow2"
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(overlay)], capture_output=True, check=True
+        ).stdout
+    )
+    assert info["format"] == "qcow2"
+    assert info["backing-filename-format"] == "qcow2"
+    assert Path(info["backing-filename"]) == lab.volumes / "image" / "base.qcow2"
+    assert (lab.volumes / "run" / "config-drive.iso").stat().st_mode & 0o777 == 0o600
+    # One line per step, saying what was decided.
+    for step in (
+        "pod:",
+        "vm:",
+        "image:",
+        "disk:",
+        "network:",
+        "firewall:",
+        "dhcp:",
+        "config-drive:",
+    ):
+        assert f"kvm-manager: {step}" in done.stderr
+
+
+def test_setup_twice_converges_to_the_same_state(lab: PodLab) -> None:
+    first = setup(lab)
+    after_first = pod_state(lab)
+    overlay = lab.volumes / "image" / f"{HOSTNAME}.qcow2"
+    inode = overlay.stat().st_ino
+    dnsmasq_before = lab.net.pod.run("cat", str(lab.volumes / "run" / "dnsmasq.pid"))
+
+    second = setup(lab)
+    assert pod_state(lab) == after_first
+    assert second.stdout == first.stdout  # the same QEMU argv
+    assert overlay.stat().st_ino == inode  # the VM's disk is never recreated
+    assert "disk: reusing" in second.stderr
+    assert len(dnsmasq_pids(lab)) == 1  # replaced, not duplicated
+    assert lab.net.pod.run("cat", str(lab.volumes / "run" / "dnsmasq.pid")) != dnsmasq_before
+
+
+def test_installed_rules_are_exactly_the_planned_ones(lab: PodLab) -> None:
+    plan = planned(lab)
+    setup(lab)
+    for table in ("nat", "filter"):
+        assert sorted(our_rules(lab.net.pod, table)) == planned_rules(plan, table)
+
+
+def test_a_rerun_with_other_settings_replaces_the_rules(lab: PodLab) -> None:
+    setup(lab)
+    other = {"NO_VNC": "1", "NAT_EXCLUDE": "udp/5353 tcp/9100-9102"}
+    plan = planned(lab, **other)
+    setup(lab, **other)
+    nat = our_rules(lab.net.pod, "nat")
+    assert sorted(nat) == planned_rules(plan, "nat")
+    assert not any("5900" in rule for rule in nat + our_rules(lab.net.pod, "filter"))
+    assert "-A KVMMGR-DNAT -p tcp -m tcp --dport 9100:9102 -j RETURN" in nat
+
+
+def test_foreign_rules_stay_and_duplicate_jumps_collapse(lab: PodLab) -> None:
+    pod = lab.net.pod
+    foreign = "-A POSTROUTING -s 10.1.0.0/16 -j MASQUERADE"
+    pod.run("iptables-legacy", "-t", "nat", *foreign.split())
+    setup(lab)
+    pod.run("iptables-legacy", "-t", "nat", "-I", "PREROUTING", "-j", "KVMMGR-PREROUTING")
+    pod.run("iptables-legacy", "-t", "nat", "-A", "KVMMGR-DNAT", "-j", "ACCEPT")  # stray edit
+    setup(lab)
+    saved = pod.run("iptables-legacy-save", "-t", "nat").splitlines()
+    assert saved.count(foreign) == 1
+    assert saved.count("-A PREROUTING -j KVMMGR-PREROUTING") == 1
+    assert "-A KVMMGR-DNAT -j ACCEPT" not in saved
+
+
+def test_plan_is_deterministic_and_changes_nothing(lab: PodLab) -> None:
+    before = pod_state(lab)
+    first = lab.cli("plan", "--json")
+    second = lab.cli("plan", "--json")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert pod_state(lab) == before
+    plan = json.loads(first.stdout)
+    assert plan["pod"]["interface"]["addresses"] == [f"{lab.net.pod_ip}/{lab.net.prefix}"]
+    assert plan["pod"]["interface"]["mtu"] == lab.net.mtu
+    assert plan["pod"]["routes"]["gateway"] == lab.net.node_ip
+    assert len(plan["pod"]["dns"]["nameservers"]) == 3
+    assert len(plan["pod"]["dns"]["search"]) == 2
+
+
+def test_a_device_of_another_kind_under_our_name_is_an_error(lab: PodLab) -> None:
+    lab.net.pod.ip("link", "add", "kvmbr0", "type", "veth", "peer", "name", "kvmbr0-peer")
+    done = lab.cli("setup")
+    assert done.returncode == 1
+    assert "'kvmbr0' exists but is a veth, not a bridge" in done.stderr.splitlines()[-1]
