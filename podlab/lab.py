@@ -127,11 +127,13 @@ class PodLab:
         self.net = PodNetwork.create()
         self._servers: list[subprocess.Popen[bytes]] = []
         self._runs = 0
-        self.http_log = workdir / "node-httpd.jsonl"  # the node's HTTP server: who asked what
+        self.served = workdir / "served"  # what the node's HTTP server serves...
+        self.http_log = workdir / "node-httpd.jsonl"  # ...and who asked for what
         try:
             self.from_node = Prober(self.net.node)
             self.in_pod = Prober(self.net.pod)
             self._make_volumes()
+            self.served.mkdir(exist_ok=True)
             self.image_url = self._serve_image(image) if image else None
         except BaseException:
             self.close()
@@ -153,17 +155,19 @@ class PodLab:
         (self.volumes / "userdata").write_text(USERDATA)
         (self.volumes / "metadata").write_text(METADATA)
 
+    def serve_file(self, name: str, content: str) -> None:
+        """Put a file on the node's HTTP server (port IMAGE_PORT)."""
+        (self.served / name).write_text(content)
+
     def _serve_image(self, image: Path) -> str:
-        served = self.workdir / "served"
-        served.mkdir(exist_ok=True)
-        target = served / image.name
+        target = self.served / image.name
         try:
             os.link(image, target)  # the guest stays where it was built; no copy
         except OSError:
             shutil.copyfile(image, target)
         self._servers.append(
             self.from_node.server(
-                "httpd", str(served), self.net.node_ip, str(IMAGE_PORT), str(self.http_log)
+                "httpd", str(self.served), self.net.node_ip, str(IMAGE_PORT), str(self.http_log)
             )
         )
         return f"http://{self.net.node_ip}:{IMAGE_PORT}/{image.name}"
