@@ -55,9 +55,13 @@ class Plan:
     qemu: QemuPlan
     notes: tuple[str, ...]  # decisions worth a warning in the log
 
+    def as_data(self) -> Any:
+        """Plain JSON-able data (file contents summarised, secrets left out)."""
+        return _plain(self)
+
     def to_json(self) -> str:
         """Deterministic JSON: the same pod and settings give the same bytes."""
-        return json.dumps(_plain(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.as_data(), indent=2, sort_keys=True) + "\n"
 
 
 def make_plan(

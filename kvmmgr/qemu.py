@@ -93,7 +93,8 @@ def build_qemu(
         if password_file is not None:
             argv += ["-object", f"secret,id={VNC_SECRET_ID},file={password_file},format=raw"]
             vnc_option += f",password-secret={VNC_SECRET_ID}"
-        argv += ["-vga", "std", "-vnc", vnc_option]
+        # An absolute pointer (USB tablet): a VNC viewer's mouse then matches the guest's.
+        argv += ["-vga", "std", "-usb", "-device", "usb-tablet", "-vnc", vnc_option]
     else:
         argv += ["-vga", "none", "-display", "none"]
     argv += list(extra_args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 
@@ -60,6 +61,8 @@ def log_plan(plan: Plan) -> None:
     )
     for note in plan.notes:
         log.warning("%s", note)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("plan: %s", json.dumps(plan.as_data(), sort_keys=True))
 
 
 def apply(plan: Plan, settings: Settings) -> None:

@@ -71,3 +71,8 @@ def test_no_config_drive_without_inputs() -> None:
 def test_extra_arguments_come_last() -> None:
     argv = plan(extra=("-device", "usb-tablet")).qemu.argv
     assert argv[-2:] == ("-device", "usb-tablet")
+
+
+def test_vnc_brings_an_absolute_pointer() -> None:
+    assert "usb-tablet" in _option(_qemu().argv, "-device")
+    assert "usb-tablet" not in _option(_qemu({"NO_VNC": "1"}).argv, "-device")
