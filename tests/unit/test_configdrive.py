@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pycdlib
 import pytest
+import yaml
 
 from kvmmgr.configdrive import (
     ConfigDrivePlan,
@@ -153,3 +154,18 @@ def test_a_directory_instead_of_a_file(tmp_path: Path) -> None:
     (tmp_path / "userdata").mkdir()
     with pytest.raises(ConfigError, match=r"USERDATA_PATH=.*is a directory"):
         read_inputs(tmp_path / "userdata", tmp_path / "metadata")
+
+
+def test_nocloud_drive_read_back(tmp_path: Path) -> None:
+    drive = build_config_drive(
+        drive_format="nocloud",
+        iso=tmp_path / "cidata.iso",
+        hostname="vm-0",
+        inputs=DriveInputs(None, {"role": "db"}),
+    )
+    assert drive is not None and drive.label == "cidata"
+    write_iso(drive)
+    metadata = yaml.safe_load(_read(drive.iso, rr_path="/meta-data"))
+    assert metadata["local-hostname"] == "vm-0" and metadata["role"] == "db"
+    assert metadata["instance-id"] == _drive(tmp_path, b"x", None).metadata["uuid"]
+    assert _read(drive.iso, joliet_path="/user-data") == b""  # NoCloud wants both files

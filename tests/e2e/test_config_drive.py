@@ -1,0 +1,17 @@
+"""The config drive in its other format: NoCloud (label cidata) reaches the guest too."""
+
+from __future__ import annotations
+
+from podlab.console import marker
+from podlab.lab import HOSTNAME, PodLab
+from tests.e2e.conftest import boot
+
+
+def test_nocloud_drive_reaches_the_guest(lab: PodLab) -> None:
+    vm = boot(lab, CONFIG_DRIVE_FORMAT="nocloud")
+    assert marker(vm.console.wait_for(r"^KVMTEST_CFGDRIVE ", 5))["label"] == "cidata"
+    assert marker(vm.console.wait_for(r"^KVMTEST_USERDATA_DONE ", 30))["rc"] == "0"
+    ran = lab.from_node.http(f"http://{lab.net.pod_ip}/userdata.txt")
+    assert ran["body"] == f"written-by-user-data on {HOSTNAME}\n"
+    meta = lab.from_node.http(f"http://{lab.net.pod_ip}/cfg/meta-data")["body"]
+    assert f"local-hostname: {HOSTNAME}" in meta and "role: e2e" in meta
