@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=300, help="seconds to wait for the VM (default 300)"
     )
+    parser.add_argument(
+        "--workdir", type=Path, default=WORKDIR, help=f"volumes and logs (default {WORKDIR})"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         say("run me as root: the demo makes network namespaces")
@@ -49,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     user_image = os.environ.get("IMG_SOURCE")
     image = None if user_image else _build_guest()
-    shutil.rmtree(WORKDIR, ignore_errors=True)
-    WORKDIR.mkdir(parents=True)
+    workdir: Path = args.workdir.resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     env = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
-    lab = PodLab(WORKDIR, image)
+    lab = PodLab(workdir, image)
     try:
         if user_image:
             env["IMG_SOURCE"] = user_image
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         lab.close()
         for made in (lab.volumes, lab.served):  # the VM's disk and the image; logs stay
             shutil.rmtree(made, ignore_errors=True)
-        say(f"namespaces removed; logs are in {WORKDIR}")
+        say(f"namespaces removed; logs are in {workdir}")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -123,6 +127,13 @@ def _wait_reachable(lab: PodLab, vm: KvmManager, test_guest: bool, wait: float) 
     else:
         probe = lambda: lab.from_node.ping(lab.net.pod_ip, count=1)  # noqa: E731
     deadline = time.monotonic() + wait
+    # Until the firewall step the pod answers for itself (ping, say): probe only once
+    # kvm-manager has handed over to QEMU, when the pod IP belongs to the VM.
+    try:
+        vm.log.wait_for(r"^kvm-manager: qemu: exec ", wait)
+    except TimeoutError:
+        say(f"kvm-manager did not start QEMU (exit status {vm.process.poll()})")
+        return None
     while time.monotonic() < deadline:
         if vm.process.poll() is not None:
             say(f"kvm-manager exited with status {vm.process.returncode}")
