@@ -13,6 +13,7 @@ from kvmmgr.files import write_atomic
 
 QEMU = "qemu-system-x86_64"
 VNC_SECRET_ID = "vncpass"
+VNC_PASSWORD_FILE = "vnc-password"  # in RUN_DIR, beside the QMP socket
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def build_qemu(
     extra_args: Sequence[str],
 ) -> QemuPlan:
     qmp_socket = run_dir / "qmp.sock"
-    password_file = run_dir / "vnc-password" if vnc and vnc_password else None
+    password_file = run_dir / VNC_PASSWORD_FILE if vnc and vnc_password else None
     argv = [
         QEMU,
         "-name",
@@ -102,8 +103,11 @@ def build_qemu(
 
 
 def write_vnc_password(plan: QemuPlan, password: str | None) -> None:
+    """The secret QEMU reads at start; one left by an earlier start with a password goes."""
     if plan.vnc_password_file is not None and password is not None:
         write_atomic(plan.vnc_password_file, password.encode(), mode=0o600)
+    else:
+        (plan.qmp_socket.parent / VNC_PASSWORD_FILE).unlink(missing_ok=True)
 
 
 def exec_qemu(plan: QemuPlan) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kvmmgr.pod import Devices
-from kvmmgr.qemu import QemuPlan
+from kvmmgr.qemu import QemuPlan, write_vnc_password
 from tests.unit.factories import plan, pod_facts
 
 
@@ -76,3 +78,12 @@ def test_extra_arguments_come_last() -> None:
 def test_vnc_brings_an_absolute_pointer() -> None:
     assert "usb-tablet" in _option(_qemu().argv, "-device")
     assert "usb-tablet" not in _option(_qemu({"NO_VNC": "1"}).argv, "-device")
+
+
+def test_the_vnc_secret_is_written_private_and_removed_when_no_longer_set(tmp_path: Path) -> None:
+    with_password = plan({"RUN_DIR": str(tmp_path), "VNC_PASSWORD": "s3cret"}).qemu
+    write_vnc_password(with_password, "s3cret")
+    secret = tmp_path / "vnc-password"
+    assert secret.read_text() == "s3cret" and secret.stat().st_mode & 0o777 == 0o600
+    write_vnc_password(plan({"RUN_DIR": str(tmp_path)}).qemu, None)
+    assert not secret.exists()
