@@ -142,17 +142,13 @@ def _setup(options: argparse.Namespace, extra: list[str]) -> int:
 def _fetch(options: argparse.Namespace, extra: list[str]) -> int:
     from kvmmgr import image, pod
     from kvmmgr.config import load_settings
+    from kvmmgr.plan import disks_of
 
     settings = load_settings(os.environ)
-    disks = image.build_disks(
-        source=settings.img_source,
-        base=settings.base_image,
-        sha256=settings.img_sha256,
-        vm_dir=settings.vm_dir,
-        hostname=pod.hostname(settings),
-    )
+    hostname = pod.hostname(settings)
+    disks = disks_of(settings, hostname)
     image.check_available(disks)
-    log.info("image: %s", image.ensure_base(disks))
+    log.info("image: %s", image.ensure_base(disks, holder=image.holder(hostname)))
     return EXIT_OK
 
 

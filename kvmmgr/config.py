@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+from kvmmgr import unpack
 from kvmmgr.errors import ConfigError
 
 Accel = Literal["auto", "kvm", "tcg"]
@@ -22,6 +23,7 @@ FALSE_WORDS = frozenset({"0", "false", "no"})
 NAT_PROTOCOLS = ("tcp", "udp", "sctp")
 MAX_CPUS = 255  # QEMU's limit for the pc machine
 MAX_MEMORY_MIB = 16 * 1024 * 1024
+MAX_RETRIES = 100
 
 _Word = TypeVar("_Word", bound=str)
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
@@ -48,6 +50,8 @@ class Settings:
     img_source: str | None
     img_target: str
     img_sha256: str | None
+    img_retries: int
+    img_ca_bundle: Path | None
     image_dir: Path
     vm_dir: Path
     run_dir: Path
@@ -72,10 +76,6 @@ class Settings:
     debug: bool
 
     @property
-    def base_image(self) -> Path:
-        return self.image_dir / self.img_target
-
-    @property
     def vm_network(self) -> IPv4Network:
         return IPv4Network(f"{self.vm_ip}/30", strict=False)
 
@@ -90,7 +90,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     img_source = get("IMG_SOURCE") or None
     if img_source is not None:
         _check_source(img_source)
-    img_target = get("IMG_TARGET") or (_source_basename(img_source) if img_source else "")
+    img_target = get("IMG_TARGET") or (
+        unpack.strip_suffix(_source_basename(img_source)) if img_source else ""
+    )
     if not img_target:
         raise ConfigError("IMG_SOURCE is not set: expected the URL or path of the base image")
     if "/" in img_target or img_target in {".", ".."}:
@@ -98,6 +100,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     img_sha256 = get("IMG_SHA256").lower() or None
     if img_sha256 is not None and not _SHA256_RE.match(img_sha256):
         raise ConfigError.bad_value("IMG_SHA256", img_sha256, "64 hexadecimal digits")
+    img_retries = _whole_number("IMG_RETRIES", get("IMG_RETRIES") or "5", 0, MAX_RETRIES)
+    img_ca_bundle = _abs_path(env, "IMG_CA_BUNDLE", "") if get("IMG_CA_BUNDLE") else None
 
     vm_ip = _ipv4("VM_IP", get("VM_IP") or "192.168.254.2")
     vm_gw = _ipv4("VM_GW", get("VM_GW") or "192.168.254.1")
@@ -128,6 +132,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         img_source=img_source,
         img_target=img_target,
         img_sha256=img_sha256,
+        img_retries=img_retries,
+        img_ca_bundle=img_ca_bundle,
         image_dir=image_dir,
         vm_dir=_abs_path(env, "VM_DIR", str(image_dir)),
         run_dir=_abs_path(env, "RUN_DIR", "/run/kvmmgr"),
@@ -267,10 +273,12 @@ def _memory(raw: str) -> int | None:
 
 
 def _positive_int(name: str, raw: str, maximum: int) -> int | None:
-    if not raw:
-        return None
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise ConfigError.bad_value(name, raw, f"a whole number from 1 to {maximum}")
+    return _whole_number(name, raw, 1, maximum) if raw else None
+
+
+def _whole_number(name: str, raw: str, minimum: int, maximum: int) -> int:
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise ConfigError.bad_value(name, raw, f"a whole number from {minimum} to {maximum}")
     return int(raw)
 
 

@@ -1,46 +1,83 @@
-"""The VM's disks: the shared base image (fetched once, verified) and the VM's own overlay."""
+"""The VM's disks: the shared base image (fetched once per cache, verified) and the VM's overlay.
+
+In IMAGE_DIR, beside the base image `NAME`:
+  .NAME.lock                      the cache lock (cachelock.py); never removed
+  .NAME.part, .NAME.part.json     a transfer under way, resumable (transfer.py)
+  .NAME.unpacked                  the image being unpacked from a compressed transfer
+  .NAME.json                      what the base is: source, size, sha256 (a BaseRecord)
+In VM_DIR, beside the overlay `HOST.qcow2`:
+  .HOST.qcow2.json                the base it was made on (a BaseRecord)
+
+Nothing is renamed to NAME before it is complete and verified, so a start never uses a
+partial or wrong image; a failed or interrupted start leaves at most the hidden work files.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
-import tempfile
+import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from kvmmgr import proc
+from kvmmgr import diskformat, proc, transfer, unpack
+from kvmmgr.cachelock import CacheLock
 from kvmmgr.errors import ConfigError, StepError
+from kvmmgr.files import write_atomic
+from kvmmgr.progress import size
 
-log = logging.getLogger(__name__)
-
-CHUNK = 1 << 20
-CONNECT_TIMEOUT = 15.0
-READ_TIMEOUT = 60.0
+log = logging.getLogger("kvmmgr")
 
 
 @dataclass(frozen=True)
 class DiskPlan:
     source: str | None
     base: Path
-    sha256: str | None
+    sha256: str | None  # expected sha256 of the bytes of `source` (IMG_SHA256)
     overlay: Path
+    retries: int
+    ca_bundle: Path | None
+
+
+@dataclass(frozen=True)
+class BaseRecord:
+    """What a base image is, written beside it when it is fetched (and beside each overlay,
+    for the base it was made on). `mtime_ns` ties the record to the file it describes."""
+
+    source: str | None
+    size: int
+    mtime_ns: int
+    sha256: str | None  # of the transferred bytes, when they were hashed
+    format: str
 
 
 def build_disks(
-    *, source: str | None, base: Path, sha256: str | None, vm_dir: Path, hostname: str
+    *,
+    source: str | None,
+    image_dir: Path,
+    target: str,
+    sha256: str | None,
+    vm_dir: Path,
+    hostname: str,
+    retries: int = 5,
+    ca_bundle: Path | None = None,
 ) -> DiskPlan:
-    return DiskPlan(source, base, sha256, vm_dir / f"{hostname}.qcow2")
+    base = image_dir / target
+    local = local_path(source) if source else None
+    if local is not None and local.parent == image_dir and unpack.by_name(local.name) is None:
+        base = local  # already in the cache: used in place, never copied
+    return DiskPlan(source, base, sha256, vm_dir / f"{hostname}.qcow2", retries, ca_bundle)
 
 
 def check_available(plan: DiskPlan) -> None:
-    """Read-only check before any side effect: can the base image be had at all?"""
+    """Read-only, before any side effect: can the base image be had at all?"""
+    if plan.ca_bundle is not None and not plan.ca_bundle.is_file():
+        raise ConfigError.bad_value("IMG_CA_BUNDLE", str(plan.ca_bundle), "an existing PEM file")
     if plan.base.exists():
         return
     if plan.source is None:
@@ -61,113 +98,210 @@ def local_path(source: str) -> Path | None:
     return Path(unquote(parts.path)) if parts.scheme == "file" else None
 
 
-def ensure_base(plan: DiskPlan) -> str:
-    """Make sure the base image is present; what was done, for the log."""
+def holder(hostname: str) -> str:
+    """Who holds the cache lock, as those who wait for it are told."""
+    return f"{hostname} (pid {os.getpid()})"
+
+
+def ensure_base(plan: DiskPlan, holder: str) -> str:
+    """Make sure the base image is present and verified; what was done, for the log."""
     if plan.base.exists():
-        return f"using {plan.base}"
-    assert plan.source is not None  # check_available ran first
+        return _verified(plan)
     plan.base.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    with _temporary_beside(plan.base) as (temp_path, handle):
-        local = local_path(plan.source)
-        if local is not None:
-            with local.open("rb") as src:
-                digest, size = _copy(src, handle)
-        else:
-            digest, size = _download(plan.source, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-        if plan.sha256 and digest != plan.sha256:
-            raise StepError(
-                f"IMG_SOURCE {plan.source}: sha256 {digest} does not match IMG_SHA256 "
-                f"{plan.sha256}; the download was discarded"
-            )
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, plan.base)
-    seconds = time.monotonic() - started
-    return (
-        f"fetched {plan.source} -> {plan.base} ({size / (1 << 20):.1f} MiB in {seconds:.1f} s"
-        + (", sha256 verified)" if plan.sha256 else ")")
+    lock = CacheLock(_hidden(plan.base, ".lock"), holder)
+    shared = lock.acquire(waiting=lambda: _part_progress(plan))
+    if not shared:
+        log.warning(
+            "image: %s has no file locks: starts sharing it may download at the same time",
+            plan.base.parent,
+        )
+    try:
+        if plan.base.exists():
+            return _verified(plan) + " (fetched meanwhile by another start)"
+        return _fetch(plan, _work_files(plan, shared))
+    finally:
+        lock.release()
+
+
+def _work_files(plan: DiskPlan, shared: bool) -> transfer.WorkFiles:
+    # Without a lock, starts of different pods must not share a part: each keeps its own
+    # (by host name, so that the same pod still resumes its own after a restart).
+    tag = "" if shared else f".{socket.gethostname()}"
+    return transfer.WorkFiles(
+        part=_hidden(plan.base, f"{tag}.part"),
+        state=_hidden(plan.base, f"{tag}.part.json"),
+        unpacked=_hidden(plan.base, f"{tag}.unpacked"),
     )
+
+
+def _hidden(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}{suffix}")
+
+
+def _part_progress(plan: DiskPlan) -> str:
+    try:
+        return f"{size(_hidden(plan.base, '.part').stat().st_size)} downloaded so far"
+    except OSError:
+        return ""
+
+
+def _fetch(plan: DiskPlan, files: transfer.WorkFiles) -> str:
+    assert plan.source is not None  # check_available ran first
+    started = time.monotonic()
+    receiver = transfer.Receiver(
+        files, hashing=plan.sha256 is not None, compression=unpack.by_name(plan.source)
+    )
+    local = local_path(plan.source)
+    try:
+        if local is not None:
+            received = transfer.copy_local(local, receiver)
+        else:
+            received = transfer.download(
+                plan.source, receiver, retries=plan.retries, ca_bundle=plan.ca_bundle
+            )
+        if plan.sha256 and received.sha256 != plan.sha256:
+            raise StepError(
+                f"IMG_SOURCE {plan.source}: sha256 {received.sha256} does not match "
+                f"IMG_SHA256 {plan.sha256}; the download was discarded"
+            )
+        info = diskformat.inspect(received.image, f"IMG_SOURCE {plan.source}")
+    except transfer.GaveUp:
+        raise  # unfinished, not wrong: the part stays for the next start to resume
+    except StepError:
+        files.remove()
+        raise
+    except OSError as exc:  # the cache itself: full, read-only, gone
+        files.remove()  # frees what space it took
+        raise StepError(f"cannot write the image to {plan.base.parent}: {exc.strerror}") from exc
+    os.chmod(received.image, 0o644)
+    stat = received.image.stat()
+    record = BaseRecord(plan.source, stat.st_size, stat.st_mtime_ns, received.sha256, info.format)
+    write_atomic(_hidden(plan.base, ".json"), _json(record), mode=0o644)
+    os.replace(received.image, plan.base)
+    _fsync_dir(plan.base.parent)
+    files.remove()
+    seconds = time.monotonic() - started
+    unpacked = f", unpacked from {received.compression}" if received.compression else ""
+    checked = ", sha256 verified" if plan.sha256 else ""
+    return (
+        f"fetched {plan.source} -> {plan.base} ({info.format}, {size(stat.st_size)} in "
+        f"{seconds:.1f} s{unpacked}{checked})"
+    )
+
+
+def _verified(plan: DiskPlan) -> str:
+    """A base that is present: trusted as it is, unless IMG_SHA256 asks for a check. The
+    check hashes the file once and records the result, so later starts only compare."""
+    if plan.sha256 is None:
+        return f"using {plan.base}"
+    record = read_record(_hidden(plan.base, ".json"), plan.base)
+    if record is not None and record.sha256 is not None:
+        if record.sha256 != plan.sha256:
+            raise StepError(
+                f"the cached {plan.base} was fetched with sha256 {record.sha256}, but "
+                f"IMG_SHA256 is {plan.sha256}: use another IMG_TARGET for another image"
+            )
+        return f"using {plan.base} (sha256 verified when fetched)"
+    log.info("image: hashing %s once to check IMG_SHA256", plan.base)
+    digest = _sha256_of(plan.base)
+    if digest != plan.sha256:
+        raise StepError(
+            f"the cached {plan.base} has sha256 {digest}, but IMG_SHA256 is {plan.sha256}"
+        )
+    stat = plan.base.stat()
+    fmt = diskformat.inspect(plan.base, str(plan.base)).format
+    record = BaseRecord(plan.source, stat.st_size, stat.st_mtime_ns, digest, fmt)
+    write_atomic(_hidden(plan.base, ".json"), _json(record), mode=0o644)
+    return f"using {plan.base} (sha256 verified)"
+
+
+def read_record(path: Path, describes: Path) -> BaseRecord | None:
+    """The record at `path`, if it is (still) about the file `describes`."""
+    try:
+        record = BaseRecord(**json.loads(path.read_text()))
+        stat = describes.stat()
+    except (OSError, ValueError, TypeError):
+        return None
+    if (record.size, record.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+        return None
+    return record
 
 
 def ensure_overlay(plan: DiskPlan) -> str:
     """Create the VM's own disk on top of the base image, only if it does not exist yet.
-    The overlay is the VM's persistent state: it is never recreated or overwritten."""
+    The overlay is the VM's persistent state: it is never recreated, overwritten or rebased."""
+    overlay_record = _hidden(plan.overlay, ".json")
     if plan.overlay.exists():
+        _check_same_base(plan, overlay_record)
         return f"reusing {plan.overlay}"
-    base_format = detect_format(plan.base)
+    base = _base_record(plan)
     plan.overlay.parent.mkdir(parents=True, exist_ok=True)
     temp = plan.overlay.with_name(f".{plan.overlay.name}.{os.getpid()}.tmp")
     try:
         proc.run(
             [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                base_format,
-                "-b",
-                str(plan.base.absolute()),
-                str(temp),
+                "qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format,
+                "-b", str(plan.base.absolute()), str(temp),
             ]
-        )
+        )  # fmt: skip
         os.chmod(temp, 0o600)
+        write_atomic(overlay_record, _json(base), mode=0o644)
         try:
             os.link(temp, plan.overlay)  # unlike rename, never replaces an existing file
         except FileExistsError:
             return f"reusing {plan.overlay} (created meanwhile by another start)"
     finally:
         temp.unlink(missing_ok=True)
-    return f"created {plan.overlay} (qcow2 on {base_format} base {plan.base})"
+    return f"created {plan.overlay} (qcow2 on {base.format} base {plan.base})"
 
 
-def detect_format(path: Path) -> str:
-    info = json.loads(proc.run(["qemu-img", "info", "--output=json", str(path)]))
-    return str(info["format"])
+def _base_record(plan: DiskPlan) -> BaseRecord:
+    """The base as it is now: its own record when it has one, else read off the file."""
+    record = read_record(_hidden(plan.base, ".json"), plan.base)
+    if record is not None:
+        return record
+    stat = plan.base.stat()
+    fmt = diskformat.inspect(plan.base, str(plan.base)).format
+    return BaseRecord(plan.source, stat.st_size, stat.st_mtime_ns, None, fmt)
 
 
-def _download(url: str, out: BinaryIO) -> tuple[str, int]:
-    import requests  # imported here: only a download needs it
-
+def _check_same_base(plan: DiskPlan, overlay_record: Path) -> None:
+    """An overlay on a base that changed would show the VM a disk of mixed contents."""
     try:
-        with requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as response:
-            if response.status_code != 200:
-                raise StepError(f"IMG_SOURCE {url}: HTTP {response.status_code} {response.reason}")
-            expected = response.headers.get("Content-Length")
-            digest, size = _copy_chunks(response.iter_content(CHUNK), out)
-    except requests.RequestException as exc:
-        raise StepError(f"IMG_SOURCE {url}: download failed: {exc}") from exc
-    if expected is not None and expected.isdigit() and int(expected) != size:
-        raise StepError(f"IMG_SOURCE {url}: got {size} bytes of {expected}")
-    return digest, size
+        then = BaseRecord(**json.loads(overlay_record.read_text()))
+    except (OSError, ValueError, TypeError):
+        return  # made before records existed, or by hand: nothing to compare with
+    now = _base_record(plan)
+    changes = []
+    if then.size != now.size:
+        changes.append(f"size {then.size} -> {now.size}")
+    if then.sha256 and now.sha256 and then.sha256 != now.sha256:
+        changes.append(f"sha256 {then.sha256[:12]}... -> {now.sha256[:12]}...")
+    if changes:
+        raise StepError(
+            f"the base image {plan.base} changed since the VM's disk {plan.overlay} was made "
+            f"on it ({', '.join(changes)}): the VM would see a corrupt disk, so it is not "
+            "started; restore the original base (or point IMG_TARGET at it), or remove the "
+            "disk to start afresh"
+        )
 
 
-def _copy(src: BinaryIO, out: BinaryIO) -> tuple[str, int]:
-    return _copy_chunks(iter(lambda: src.read(CHUNK), b""), out)
+def _json(record: BaseRecord) -> bytes:
+    return (json.dumps(dataclasses.asdict(record), indent=2, sort_keys=True) + "\n").encode()
 
 
-def _copy_chunks(chunks: Iterator[bytes], out: BinaryIO) -> tuple[str, int]:
-    """Write every chunk and hash it on the way: constant memory whatever the size."""
+def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    size = 0
-    for chunk in chunks:
-        out.write(chunk)
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(transfer.CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _temporary_beside(target: Path) -> Iterator[tuple[Path, BinaryIO]]:
-    """A temporary file in the target's directory (so the final rename is atomic), removed
-    unless it was renamed into place."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    path = Path(name)
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield path, handle
+        os.fsync(fd)
     finally:
-        path.unlink(missing_ok=True)
+        os.close(fd)

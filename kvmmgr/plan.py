@@ -88,13 +88,7 @@ def make_plan(
     )
     if pod.dns.ignored:
         notes.append(f"IPv6 nameservers not offered over DHCPv4: {', '.join(pod.dns.ignored)}")
-    disks = build_disks(
-        source=settings.img_source,
-        base=settings.base_image,
-        sha256=settings.img_sha256,
-        vm_dir=settings.vm_dir,
-        hostname=pod.hostname,
-    )
+    disks = disks_of(settings, pod.hostname)
     network = build_network(
         bridge=BRIDGE,
         tap=TAP,
@@ -149,6 +143,19 @@ def make_plan(
         extra_args=extra_qemu_args,
     )
     return Plan(pod, pod_ip, vm, disks, network, firewall, dhcp, config_drive, qemu, tuple(notes))
+
+
+def disks_of(settings: Settings, hostname: str) -> DiskPlan:
+    return build_disks(
+        source=settings.img_source,
+        image_dir=settings.image_dir,
+        target=settings.img_target,
+        sha256=settings.img_sha256,
+        vm_dir=settings.vm_dir,
+        hostname=hostname,
+        retries=settings.img_retries,
+        ca_bundle=settings.img_ca_bundle,
+    )
 
 
 def derive_mac(hostname: str) -> str:

@@ -68,7 +68,7 @@ def log_plan(plan: Plan) -> None:
 def apply(plan: Plan, settings: Settings) -> None:
     """Steps 4-8. Each is idempotent: a second run converges to the same state."""
     ensure_private_dir(settings.run_dir)
-    _step("image", lambda: image.ensure_base(plan.disks))
+    _step("image", lambda: image.ensure_base(plan.disks, image.holder(plan.vm.hostname)))
     _step("disk", lambda: image.ensure_overlay(plan.disks))
     _step("network", lambda: _network(plan))
     _step("firewall", lambda: _firewall(plan))

@@ -1,0 +1,81 @@
+"""The image cache's lock: one start downloads, the others sharing IMAGE_DIR wait for it.
+
+A POSIX record lock (fcntl) on a file beside the image. It works on local filesystems and on
+NFS (v4, or v3 with lockd; not with `nolock` mounts), CephFS and most ReadWriteMany volumes.
+The kernel drops it when its holder dies, and an NFS server when the holder's node stops
+renewing its lease: a dead holder never blocks the others for good. Where the filesystem has
+no locks at all, `acquire` says so and each start downloads on its own (see image.py).
+
+POSIX locks belong to the process and vanish when *any* descriptor of the file is closed:
+the holder never opens the lock file a second time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kvmmgr.progress import duration
+
+log = logging.getLogger("kvmmgr")
+
+POLL = 0.25  # seconds between tries while another start holds the lock
+REPORT_EVERY = 10.0
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+class CacheLock:
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path = path
+        self.holder = holder  # who we are, for the log lines of those who wait
+        self._fd: int | None = None
+
+    def acquire(self, waiting: Callable[[], str] = lambda: "") -> bool:
+        """Wait for the lock; False if the filesystem has no locks (then nothing is held).
+        `waiting()` adds to the periodic "waiting" line, e.g. how far the holder has got."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        began = time.monotonic()
+        next_report = began + REPORT_EVERY
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno in UNSUPPORTED:
+                    os.close(fd)
+                    return False
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_EVERY
+                extra = waiting()
+                log.info(
+                    "image: waiting %s for %s to finish%s",
+                    duration(now - began),
+                    self._current_holder(),
+                    f" ({extra})" if extra else "",
+                )
+            time.sleep(POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, self.holder.encode(), 0)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.ftruncate(fd, 0)
+            os.close(fd)  # closing drops the lock
+
+    def _current_holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "another start"
+        except OSError:
+            return "another start"
