@@ -50,7 +50,25 @@ def test_img_target_is_the_source_basename(source: str, target: str) -> None:
 
 def test_image_source_may_be_omitted_when_a_target_is_named() -> None:
     s = load_settings({"IMG_TARGET": "base.qcow2"})
-    assert s.img_source is None and s.base_image == Path("/image/base.qcow2")
+    assert s.img_source is None and s.img_target == "base.qcow2"
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("https://x/focal.qcow2.xz", "focal.qcow2"),
+        ("/a/b.img.gz", "b.img"),
+        ("/c.raw.zst", "c.raw"),
+    ],
+)
+def test_img_target_drops_a_compression_suffix(source: str, target: str) -> None:
+    assert settings(IMG_SOURCE=source).img_target == target
+
+
+def test_image_download_settings() -> None:
+    s = settings(IMG_RETRIES="0", IMG_CA_BUNDLE="/etc/ssl/private-ca.pem")
+    assert (s.img_retries, s.img_ca_bundle) == (0, Path("/etc/ssl/private-ca.pem"))
+    assert (settings().img_retries, settings().img_ca_bundle) == (5, None)
 
 
 @pytest.mark.parametrize("word", ["1", "true", "YES", " True "])
@@ -138,6 +156,9 @@ BAD_VALUES = [
     ("IMG_SOURCE", "relative/path.qcow2", "an http(s):// URL"),
     ("IMG_TARGET", "../escape.qcow2", "a plain file name"),
     ("IMG_SHA256", "abc123", "64 hexadecimal digits"),
+    ("IMG_RETRIES", "-1", "a whole number from 0 to 100"),
+    ("IMG_RETRIES", "many", "a whole number from 0 to 100"),
+    ("IMG_CA_BUNDLE", "ca.pem", "an absolute path"),
     ("IMAGE_DIR", "image", "an absolute path"),
     ("VM_DIR", "./disks", "an absolute path"),
     ("RUN_DIR", "run", "an absolute path"),
