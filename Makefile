@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-check test unit lint guest bootstrap clean
+.PHONY: demo demo-check test unit lint guest bench bootstrap clean
 
 demo: bootstrap          ## a real VM behind pod networking; Ctrl-C stops and cleans up
 	$(PY) -m podlab.demo
@@ -25,6 +25,9 @@ lint: bootstrap
 
 guest: bootstrap         ## build (or reuse) the e2e test guest in build/guest
 	bash podlab/guest/build.sh
+
+bench: bootstrap         ## benchmarks/ (numbers in the README); they need disk space, not root
+	$(PY) -m benchmarks.fetch
 
 bootstrap:
 	@bash scripts/bootstrap
