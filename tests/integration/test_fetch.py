@@ -136,6 +136,9 @@ def test_http_404_is_not_retried_and_leaves_nothing(tmp_path: Path, server: Imag
         fetch(plan(tmp_path, server.url("/missing.img")))
     assert len(server.requests("/missing.img")) == 1
     assert cache_files(tmp_path) <= {".base.img.lock"}
+    server.resources["/missing.img"] = Resource(IMAGE)  # published at last
+    fetch(plan(tmp_path, server.url("/missing.img"), SHA))
+    assert (tmp_path / "base.img").read_bytes() == IMAGE
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
@@ -235,6 +238,9 @@ def test_a_truncated_compressed_image_is_refused(tmp_path: Path, server: ImageSe
     with pytest.raises(StepError, match="the xz stream ends early"):
         fetch(plan(tmp_path, server.url("/base.img.xz")))
     assert cache_files(tmp_path) <= {".base.img.lock"}
+    server.resources["/base.img.xz"] = Resource(packed, etag='"v2"')
+    fetch(plan(tmp_path, server.url("/base.img.xz")))
+    assert (tmp_path / "base.img").read_bytes() == IMAGE
 
 
 def test_local_sources_are_copied_with_the_same_checks(tmp_path: Path) -> None:
