@@ -46,6 +46,16 @@ class PortSpec:
 
 
 @dataclass(frozen=True)
+class InputPaths:
+    """Where the config drive's inputs are mounted (ConfigMaps, Secrets)."""
+
+    userdata: Path
+    metadata: Path
+    networkdata: Path
+    vendordata: Path
+
+
+@dataclass(frozen=True)
 class Settings:
     img_source: str | None
     img_target: str
@@ -64,9 +74,8 @@ class Settings:
     pod_iface: str
     pod_ip: IPv4Address | None
     resolv_conf: Path
-    userdata_path: Path
-    metadata_path: Path
-    config_drive_format: DriveFormat
+    drive_inputs: InputPaths
+    config_drive_format: DriveFormat | None  # None: no config drive at all
     vnc: bool
     vnc_password: str | None = field(repr=False)
     nat_exclude: tuple[PortSpec, ...]
@@ -146,13 +155,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         pod_iface=_ifname(get("POD_IFACE") or "eth0"),
         pod_ip=_ipv4("POD_IP", get("POD_IP")) if get("POD_IP") else None,
         resolv_conf=_abs_path(env, "RESOLV_CONF", "/etc/resolv.conf"),
-        userdata_path=_abs_path(env, "USERDATA_PATH", "/userdata"),
-        metadata_path=_abs_path(env, "METADATA_PATH", "/metadata"),
-        config_drive_format=_choice(
-            "CONFIG_DRIVE_FORMAT",
-            get("CONFIG_DRIVE_FORMAT") or "configdrive",
-            ("configdrive", "nocloud"),
+        drive_inputs=InputPaths(
+            userdata=_abs_path(env, "USERDATA_PATH", "/userdata"),
+            metadata=_abs_path(env, "METADATA_PATH", "/metadata"),
+            networkdata=_abs_path(env, "NETWORKDATA_PATH", "/networkdata"),
+            vendordata=_abs_path(env, "VENDORDATA_PATH", "/vendordata"),
         ),
+        config_drive_format=_drive_format(get("CONFIG_DRIVE_FORMAT") or "configdrive"),
         vnc=not no_vnc,
         vnc_password=None if no_vnc else vnc_password,
         nat_exclude=nat_exclude,
@@ -287,6 +296,16 @@ def _choice(name: str, raw: str, choices: tuple[_Word, ...]) -> _Word:
         if raw.lower() == choice:
             return choice
     raise ConfigError.bad_value(name, raw, "one of " + ", ".join(choices))
+
+
+def _drive_format(raw: str) -> DriveFormat | None:
+    formats: tuple[DriveFormat, ...] = ("configdrive", "nocloud")
+    for choice in formats:
+        if raw.lower() == choice:
+            return choice
+    if raw.lower() == "none":
+        return None
+    raise ConfigError.bad_value("CONFIG_DRIVE_FORMAT", raw, "one of configdrive, nocloud, none")
 
 
 def _ifname(raw: str) -> str:

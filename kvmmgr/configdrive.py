@@ -9,7 +9,6 @@ import json
 import re
 import time
 import types
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,27 +16,34 @@ from typing import Any
 
 import yaml
 
-from kvmmgr.config import DriveFormat
+from kvmmgr import cloudconfig
+from kvmmgr.config import DriveFormat, InputPaths
 from kvmmgr.errors import ConfigError, StepError
 from kvmmgr.files import write_atomic
 
 LABELS: dict[DriveFormat, str] = {"configdrive": "config-2", "nocloud": "cidata"}
-# Instance ids derive from the hostname, so they survive restarts (cloud-init reruns its
-# first-boot modules when the id changes) and differ between VMs.
-UUID_NAMESPACE = uuid.UUID("6f1b0e52-41c4-4c8e-9a57-6b7a0e5f2c11")
 ISO_EPOCH = 946684800.0  # 2000-01-01T00:00:00Z: every date recorded in the ISO
+MAX_INPUT = 16 << 20  # bytes: larger inputs are refused (cloud-init reads them in memory)
+OPENSTACK_VERSIONS = ("2015-10-15", "latest")  # the first with network_data.json, and latest
+PRIVATE = 0o100400  # Rock Ridge mode of user-data and vendor-data: they can hold secrets
+PUBLIC = 0o100444
 
 
 @dataclass(frozen=True)
 class DriveInputs:
+    """The ConfigMap (or Secret) mounts; None where the file does not exist."""
+
     userdata: bytes | None
     metadata: Mapping[str, Any] | None
+    networkdata: bytes | None = None  # the user's own network config: replaces ours
+    vendordata: bytes | None = None
 
 
 @dataclass(frozen=True)
 class DriveFile:
     path: str  # relative, '/'-separated, e.g. openstack/latest/user_data
     data: bytes
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,27 +52,28 @@ class ConfigDrivePlan:
     label: str
     iso: Path
     metadata: Mapping[str, Any]
+    network_config: Mapping[str, Any] | None  # generated; None when the user gave theirs
     files: tuple[DriveFile, ...]
 
 
-def read_inputs(userdata_path: Path, metadata_path: Path) -> DriveInputs:
-    """Read the mounts; a missing file is simply absent, an unreadable or invalid one an error."""
-    userdata = _read_optional("USERDATA_PATH", userdata_path)
-    raw_metadata = _read_optional("METADATA_PATH", metadata_path)
-    metadata = None if raw_metadata is None else parse_metadata(metadata_path, raw_metadata)
-    return DriveInputs(userdata, metadata)
+def read_inputs(paths: InputPaths) -> DriveInputs:
+    """Read the mounts; a missing file is simply absent, an unreadable, oversized or invalid
+    one an error naming it."""
+    userdata = _read_optional("USERDATA_PATH", paths.userdata)
+    if userdata is not None:
+        cloudconfig.check_cloud_config("USERDATA_PATH", str(paths.userdata), userdata)
+    raw_metadata = _read_optional("METADATA_PATH", paths.metadata)
+    metadata = None if raw_metadata is None else parse_metadata(paths.metadata, raw_metadata)
+    vendordata = _read_optional("VENDORDATA_PATH", paths.vendordata)
+    if vendordata is not None:
+        cloudconfig.check_cloud_config("VENDORDATA_PATH", str(paths.vendordata), vendordata)
+    networkdata = _read_optional("NETWORKDATA_PATH", paths.networkdata)
+    return DriveInputs(userdata, metadata, networkdata, vendordata)
 
 
 def parse_metadata(path: Path, raw: bytes) -> dict[str, Any]:
     """Metadata is YAML or JSON (JSON is YAML); it must be a mapping."""
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else {}
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"METADATA_PATH {path}{where}: invalid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"METADATA_PATH {path}: invalid YAML: {exc}") from None
+    value = _load_yaml("METADATA_PATH", path, raw)
     if not isinstance(value, dict):
         raise ConfigError(
             f"METADATA_PATH {path}: expected a mapping of keys to values, "
@@ -75,32 +82,78 @@ def parse_metadata(path: Path, raw: bytes) -> dict[str, Any]:
     return value
 
 
+def _load_yaml(name: str, path: Path, raw: bytes) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{name} {path}{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name} {path}: invalid YAML: {exc}") from None
+
+
 def build_config_drive(
-    *, drive_format: DriveFormat, iso: Path, hostname: str, inputs: DriveInputs
-) -> ConfigDrivePlan | None:
-    """The drive's files, or None when there is neither user-data nor metadata."""
-    if inputs.userdata is None and inputs.metadata is None:
-        return None
-    metadata = dict(inputs.metadata or {})
-    instance_id = str(
-        metadata.get("uuid") or metadata.get("instance-id") or uuid.uuid5(UUID_NAMESPACE, hostname)
-    )
+    *,
+    drive_format: DriveFormat,
+    iso: Path,
+    hostname: str,
+    inputs: DriveInputs,
+    network: cloudconfig.GuestNetwork,
+    networkdata_path: Path,
+) -> ConfigDrivePlan:
+    """The drive's files, from the same inputs in either format."""
+    given = inputs.metadata or {}
+    generated = None
     if drive_format == "configdrive":
-        metadata.setdefault("uuid", instance_id)
-        metadata.setdefault("hostname", hostname)
-        metadata.setdefault("name", hostname)
-        files = [DriveFile("openstack/latest/meta_data.json", _json(metadata))]
-        if inputs.userdata is not None:
-            files.append(DriveFile("openstack/latest/user_data", inputs.userdata))
+        metadata = cloudconfig.configdrive_metadata(given, hostname)
+        if inputs.networkdata is None:
+            generated = cloudconfig.network_data_json(network)
+            networkdata = _json(generated)
+        else:
+            networkdata = _checked_json(networkdata_path, inputs.networkdata)
+        files = []
+        for version in OPENSTACK_VERSIONS:
+            folder = f"openstack/{version}"
+            files.append(DriveFile(f"{folder}/meta_data.json", _json(metadata)))
+            files.append(DriveFile(f"{folder}/network_data.json", networkdata))
+            if inputs.userdata is not None:
+                files.append(DriveFile(f"{folder}/user_data", inputs.userdata, private=True))
+            if inputs.vendordata is not None:
+                vendor = cloudconfig.vendor_data_json(inputs.vendordata)
+                files.append(DriveFile(f"{folder}/vendor_data.json", vendor, private=True))
     else:
-        metadata.setdefault("instance-id", instance_id)
-        metadata.setdefault("local-hostname", hostname)
+        metadata = cloudconfig.nocloud_metadata(given, hostname)
+        if inputs.networkdata is None:
+            generated = cloudconfig.network_config_v2(network)
+            networkdata = _yaml(generated)
+        else:
+            _load_yaml("NETWORKDATA_PATH", networkdata_path, inputs.networkdata)
+            networkdata = inputs.networkdata
         files = [
-            DriveFile("meta-data", yaml.safe_dump(metadata, sort_keys=True).encode()),
+            DriveFile("meta-data", _yaml(metadata)),
             # NoCloud needs both files present, even when there is no user-data.
-            DriveFile("user-data", inputs.userdata or b""),
+            DriveFile("user-data", inputs.userdata or b"", private=True),
+            DriveFile("network-config", networkdata),
         ]
-    return ConfigDrivePlan(drive_format, LABELS[drive_format], iso, metadata, tuple(files))
+        if inputs.vendordata is not None:
+            files.append(DriveFile("vendor-data", inputs.vendordata, private=True))
+    return ConfigDrivePlan(
+        drive_format, LABELS[drive_format], iso, metadata, generated, tuple(files)
+    )
+
+
+def _checked_json(path: Path, raw: bytes) -> bytes:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"NETWORKDATA_PATH {path}: expected OpenStack network_data.json (JSON) for "
+            f"CONFIG_DRIVE_FORMAT=configdrive: {exc}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"NETWORKDATA_PATH {path}: expected a JSON object")
+    return raw
 
 
 def write_iso(plan: ConfigDrivePlan) -> bool:
@@ -140,6 +193,7 @@ def _build_iso(pycdlib: Any, plan: ConfigDrivePlan) -> bytes:
             names.file(drive_file.path),
             rr_name=Path(drive_file.path).name,
             joliet_path="/" + drive_file.path,
+            file_mode=PRIVATE if drive_file.private else PUBLIC,
         )
     buffer = io.BytesIO()
     try:
@@ -225,9 +279,14 @@ def _json(value: Mapping[str, Any]) -> bytes:
     return (json.dumps(value, sort_keys=True, indent=2, default=str) + "\n").encode()
 
 
+def _yaml(value: Mapping[str, Any]) -> bytes:
+    return yaml.safe_dump(dict(value), sort_keys=True, default_flow_style=False).encode()
+
+
 def _read_optional(name: str, path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_INPUT + 1)
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -237,3 +296,8 @@ def _read_optional(name: str, path: Path) -> bytes | None:
         ) from None
     except OSError as exc:
         raise ConfigError(f"{name}={str(path)!r}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_INPUT:
+        raise ConfigError(
+            f"{name}={str(path)!r}: larger than {MAX_INPUT >> 20} MiB: expected a smaller file"
+        )
+    return data

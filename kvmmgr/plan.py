@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
+from kvmmgr.cloudconfig import GuestNetwork
 from kvmmgr.config import Settings
 from kvmmgr.configdrive import ConfigDrivePlan, DriveInputs, build_config_drive
 from kvmmgr.dhcp import DhcpPlan, build_dhcp
@@ -121,12 +122,24 @@ def make_plan(
             log_to_file=not exec_qemu,
             extra_args=settings.dnsmasq_opts,
         )
-    config_drive = build_config_drive(
-        drive_format=settings.config_drive_format,
-        iso=settings.run_dir / "config-drive.iso",
-        hostname=pod.hostname,
-        inputs=inputs,
-    )
+    config_drive = None
+    if settings.config_drive_format is not None:
+        guest_network = GuestNetwork(
+            mac=vm.mac,
+            address=IPv4Interface(f"{vm.ip}/{settings.vm_network.prefixlen}"),
+            gateway=vm.gateway,
+            nameservers=pod.dns.nameservers,
+            search=pod.dns.search,
+            mtu=pod.interface.mtu,
+        )
+        config_drive = build_config_drive(
+            drive_format=settings.config_drive_format,
+            iso=settings.run_dir / "config-drive.iso",
+            hostname=pod.hostname,
+            inputs=inputs,
+            network=guest_network,
+            networkdata_path=settings.drive_inputs.networkdata,
+        )
     qemu = build_qemu(
         hostname=vm.hostname,
         accel=vm.accel,

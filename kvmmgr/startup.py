@@ -19,7 +19,11 @@ def prepare(
 ) -> Plan:
     """Steps 1-3: observe the pod, read the inputs, plan. Changes nothing."""
     facts = pod.observe(settings, BRIDGE)
-    inputs = configdrive.read_inputs(settings.userdata_path, settings.metadata_path)
+    inputs = (
+        configdrive.read_inputs(settings.drive_inputs)
+        if settings.config_drive_format is not None
+        else configdrive.DriveInputs(None, None)
+    )
     plan = make_plan(settings, facts, inputs, extra_qemu_args, exec_qemu=exec_qemu)
     image.check_available(plan.disks)
     return plan
@@ -112,7 +116,7 @@ def _dhcp(plan: Plan) -> str:
 def _config_drive(plan: Plan) -> str:
     drive = plan.config_drive
     if drive is None:
-        return "none (no user-data or metadata)"
+        return "none (CONFIG_DRIVE_FORMAT=none)"
     written = configdrive.write_iso(drive)
     files = ", ".join(f.path for f in drive.files)
     return f"{drive.iso} ({drive.label}: {files}){'' if written else ', unchanged'}"

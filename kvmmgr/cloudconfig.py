@@ -1,0 +1,185 @@
+"""What the guest's cloud-init is told, as data: metadata with the keys each datasource needs,
+the network configuration, vendor data, and a check of user-data that claims to be
+#cloud-config. Pure: bytes and mappings in, bytes and mappings out."""
+
+from __future__ import annotations
+
+import email
+import gzip
+import json
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+import yaml
+
+from kvmmgr.errors import ConfigError
+
+# Instance ids derive from the hostname, so they survive restarts (cloud-init reruns its
+# first-boot modules when the id changes) and differ between VMs.
+UUID_NAMESPACE = uuid.UUID("6f1b0e52-41c4-4c8e-9a57-6b7a0e5f2c11")
+MAX_UNPACKED = 64 << 20  # a gzip'd user-data is checked up to this size unpacked
+
+
+@dataclass(frozen=True)
+class GuestNetwork:
+    """The VM's side of the pod network, as its static configuration."""
+
+    mac: str
+    address: IPv4Interface  # VM_IP/30
+    gateway: IPv4Address
+    nameservers: tuple[IPv4Address, ...]
+    search: tuple[str, ...]
+    mtu: int
+
+
+def identity(metadata: Mapping[str, Any], hostname: str) -> tuple[str, str]:
+    """(instance id, host name): the user's, under either datasource's name, or derived."""
+    instance_id = metadata.get("uuid") or metadata.get("instance-id")
+    name = metadata.get("hostname") or metadata.get("local-hostname")
+    return str(instance_id or uuid.uuid5(UUID_NAMESPACE, hostname)), str(name or hostname)
+
+
+def public_keys(metadata: Mapping[str, Any]) -> list[str]:
+    """SSH keys given as `public_keys` (or `public-keys`): a string, a list or a mapping."""
+    given = metadata.get("public_keys", metadata.get("public-keys"))
+    if given is None:
+        return []
+    if isinstance(given, str):
+        return [line for line in given.splitlines() if line.strip()]
+    if isinstance(given, Mapping):
+        return [str(key) for key in given.values()]
+    if isinstance(given, Sequence):
+        return [str(key) for key in given]
+    raise ConfigError(
+        f"METADATA_PATH public_keys is a {type(given).__name__}: expected a list of SSH keys"
+    )
+
+
+def configdrive_metadata(metadata: Mapping[str, Any], hostname: str) -> dict[str, Any]:
+    """meta_data.json: OpenStack's keys filled in; every key the user gave is kept."""
+    instance_id, name = identity(metadata, hostname)
+    result = dict(metadata)
+    result.setdefault("uuid", instance_id)
+    result.setdefault("hostname", name)
+    result.setdefault("name", name)
+    keys = public_keys(metadata)
+    if keys:
+        result.pop("public-keys", None)
+        result["public_keys"] = {f"key-{n}": key for n, key in enumerate(keys)}
+    return result
+
+
+def nocloud_metadata(metadata: Mapping[str, Any], hostname: str) -> dict[str, Any]:
+    """meta-data: NoCloud's keys filled in; every key the user gave is kept."""
+    instance_id, name = identity(metadata, hostname)
+    result = dict(metadata)
+    result.setdefault("instance-id", instance_id)
+    result.setdefault("local-hostname", name)
+    keys = public_keys(metadata)
+    if keys:
+        result.pop("public_keys", None)
+        result["public-keys"] = keys
+    return result
+
+
+def network_data_json(net: GuestNetwork) -> dict[str, Any]:
+    """OpenStack's network_data.json. cloud-init names the link after the NIC that has its
+    MAC; DNS goes both on the network (where cloud-init reads the search domains) and as
+    services (where other agents, cloudbase-init say, look for it)."""
+    return {
+        "links": [{"id": "pod", "type": "phy", "ethernet_mac_address": net.mac, "mtu": net.mtu}],
+        "networks": [
+            {
+                "id": "pod-ipv4",
+                "type": "ipv4",
+                "link": "pod",
+                "network_id": "kvm-manager",
+                "ip_address": str(net.address.ip),
+                "netmask": str(net.address.netmask),
+                "routes": [
+                    {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": str(net.gateway)}
+                ],
+                "dns_nameservers": [str(ns) for ns in net.nameservers],
+                "dns_search": list(net.search),
+            }
+        ],
+        "services": [{"type": "dns", "address": str(ns)} for ns in net.nameservers],
+    }
+
+
+def network_config_v2(net: GuestNetwork) -> dict[str, Any]:
+    """NoCloud's network-config, version 2, matched on the VM's MAC. Renderers other than
+    netplan name the NIC after the key: eth0, what legacy guests expect."""
+    nameservers: dict[str, Any] = {"addresses": [str(ns) for ns in net.nameservers]}
+    if net.search:
+        nameservers["search"] = list(net.search)
+    return {
+        "version": 2,
+        "ethernets": {
+            "eth0": {
+                "match": {"macaddress": net.mac},
+                "addresses": [str(net.address)],
+                "routes": [{"to": "0.0.0.0/0", "via": str(net.gateway)}],
+                "nameservers": nameservers,
+                "mtu": net.mtu,
+            }
+        },
+    }
+
+
+def vendor_data_json(vendordata: bytes) -> bytes:
+    """vendor_data.json carries vendor data as JSON: JSON as it is, anything else (a
+    #cloud-config, a script) as the string under "cloud-init"."""
+    try:
+        json.loads(vendordata)
+    except ValueError:
+        text = vendordata.decode("utf-8", "replace")
+        return (json.dumps({"cloud-init": text}, sort_keys=True) + "\n").encode()
+    return vendordata
+
+
+def check_cloud_config(name: str, path: str, data: bytes) -> None:
+    """A #cloud-config document must be YAML cloud-init can read; the error names the file
+    and line. Gzip'd user-data and MIME multipart parts of type text/cloud-config are looked
+    into; anything else (scripts, include files, boothooks) is passed on unchecked."""
+    if data[:2] == b"\x1f\x8b":
+        data = _gunzip(name, path, data)
+    stripped = data.lstrip()
+    if stripped.startswith(b"#cloud-config"):
+        _check_yaml(name, path, data, "")
+    elif stripped[:64].lower().startswith((b"content-type: multipart", b"mime-version:")):
+        message = email.message_from_bytes(data)
+        for number, part in enumerate(message.walk(), start=1):
+            if part.get_content_type() == "text/cloud-config":
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    _check_yaml(name, path, payload, f" (MIME part {number})")
+
+
+def _check_yaml(name: str, path: str, data: bytes, where: str) -> None:
+    try:
+        value = yaml.safe_load(data)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"{name} {path}{where}{line}: invalid #cloud-config YAML: {exc.problem}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name} {path}{where}: invalid #cloud-config YAML: {exc}") from None
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(
+            f"{name} {path}{where}: #cloud-config must be a mapping, not {type(value).__name__}"
+        )
+
+
+def _gunzip(name: str, path: str, data: bytes) -> bytes:
+    unpacker = zlib.decompressobj(wbits=31)
+    try:
+        return unpacker.decompress(data, MAX_UNPACKED)
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise ConfigError(f"{name} {path}: gzip'd user-data is damaged: {exc}") from None
