@@ -91,6 +91,9 @@ def test_the_config_drive_reaches_the_guest(running: tuple[PodLab, KvmManager]) 
     assert metadata["hostname"] == HOSTNAME and metadata["name"] == HOSTNAME
     assert len(metadata["uuid"]) == 36
     assert metadata["role"] == "e2e"  # the user's own keys, from YAML
+    network = lab.from_node.http(f"http://{lab.net.pod_ip}/cfg/openstack/latest/network_data.json")
+    link = json.loads(network["body"])["links"][0]
+    assert link["ethernet_mac_address"] == marker(vm.console.wait_for(r"^KVMTEST_LINK ", 5))["mac"]
 
 
 def test_the_serial_console_is_on_stdout(running: tuple[PodLab, KvmManager]) -> None:

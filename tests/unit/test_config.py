@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmmgr.config import PortSpec, load_settings
+from kvmmgr.config import InputPaths, PortSpec, load_settings
 from kvmmgr.errors import EXIT_CONFIG, ConfigError
 from tests.unit.factories import BASE_ENV, settings
 
@@ -24,8 +24,9 @@ def test_defaults_follow_the_contract() -> None:
     assert s.vm_accel == "auto"
     assert s.pod_iface == "eth0"
     assert s.resolv_conf == Path("/etc/resolv.conf")
-    assert s.userdata_path == Path("/userdata")
-    assert s.metadata_path == Path("/metadata")
+    assert s.drive_inputs == InputPaths(
+        Path("/userdata"), Path("/metadata"), Path("/networkdata"), Path("/vendordata")
+    )
     assert s.config_drive_format == "configdrive"
     assert s.vnc and s.vnc_password is None and s.dhcp and not s.debug
     assert s.nat_exclude == () and s.dnsmasq_opts == ()
@@ -140,7 +141,9 @@ BAD_VALUES = [
     ("VM_CPUS", "two", "a whole number from 1"),
     ("VM_CPUS", "256", "a whole number from 1 to 255"),
     ("VM_ACCEL", "xen", "one of auto, kvm, tcg"),
-    ("CONFIG_DRIVE_FORMAT", "iso", "one of configdrive, nocloud"),
+    ("CONFIG_DRIVE_FORMAT", "iso", "one of configdrive, nocloud, none"),
+    ("NETWORKDATA_PATH", "networkdata", "an absolute path"),
+    ("VENDORDATA_PATH", "vd", "an absolute path"),
     ("NAT_EXCLUDE", "tcp/99999", "items like tcp/9100"),
     ("NAT_EXCLUDE", "icmp/8", "items like tcp/9100"),
     ("NAT_EXCLUDE", "9100", "items like tcp/9100"),

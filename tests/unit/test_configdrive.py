@@ -1,17 +1,26 @@
-"""The config drive: planned files, and the ISO read back with pycdlib under every naming."""
+"""The config drive: files planned for each format, and the ISO read back with pycdlib under
+every naming. What cloud-init itself reads from it: tests/integration/test_cloud_init.py."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import time
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
+from typing import Any
 
 import pycdlib
 import pytest
 import yaml
 
+from kvmmgr.cloudconfig import GuestNetwork
+from kvmmgr.config import DriveFormat, InputPaths
 from kvmmgr.configdrive import (
+    MAX_INPUT,
     ConfigDrivePlan,
     DriveInputs,
     build_config_drive,
@@ -22,22 +31,38 @@ from kvmmgr.configdrive import (
 from kvmmgr.errors import ConfigError
 
 USERDATA = b"#!/bin/sh\necho 'hello \xc3\xa9'\r\nexit 0\n\x00binary-tail"
+NETWORK = GuestNetwork(
+    mac="2a:e8:fb:7c:c9:4f",
+    address=IPv4Interface("192.168.254.2/30"),
+    gateway=IPv4Address("192.168.254.1"),
+    nameservers=(IPv4Address("10.96.0.10"), IPv4Address("10.96.0.11")),
+    search=("default.svc.cluster.local", "svc.cluster.local"),
+    mtu=1450,
+)
 
 
-def _drive(
-    tmp_path: Path, userdata: bytes | None, metadata: dict[str, object] | None
+def drive(
+    tmp_path: Path,
+    fmt: DriveFormat = "configdrive",
+    userdata: bytes | None = USERDATA,
+    metadata: dict[str, Any] | None = None,
+    **more: bytes,
 ) -> ConfigDrivePlan:
-    drive = build_config_drive(
-        drive_format="configdrive",
+    return build_config_drive(
+        drive_format=fmt,
         iso=tmp_path / "config-drive.iso",
         hostname="vm-0",
-        inputs=DriveInputs(userdata, metadata),
+        inputs=DriveInputs(userdata, metadata, **more),
+        network=NETWORK,
+        networkdata_path=tmp_path / "networkdata",
     )
-    assert drive is not None
-    return drive
 
 
-def _read(image: Path, **name: str) -> bytes:
+def files(plan: ConfigDrivePlan) -> dict[str, bytes]:
+    return {f.path: f.data for f in plan.files}
+
+
+def read_iso(image: Path, **name: str) -> bytes:
     iso = pycdlib.PyCdlib()
     iso.open(str(image))
     try:
@@ -48,58 +73,130 @@ def _read(image: Path, **name: str) -> bytes:
         iso.close()
 
 
-def test_config_2_drive_read_back_under_rock_ridge_joliet_and_iso9660(tmp_path: Path) -> None:
-    drive = _drive(tmp_path, USERDATA, {"role": "db"})
-    write_iso(drive)
-    iso = tmp_path / "config-drive.iso"
-    rr = _read(iso, rr_path="/openstack/latest/user_data")
-    joliet = _read(iso, joliet_path="/openstack/latest/user_data")
-    assert rr == joliet == USERDATA  # byte for byte
-    metadata = json.loads(_read(iso, rr_path="/openstack/latest/meta_data.json"))
-    assert metadata["hostname"] == "vm-0" and metadata["name"] == "vm-0"
-    assert metadata["role"] == "db"
-    assert len(metadata["uuid"]) == 36
-    assert json.loads(_read(iso, joliet_path="/openstack/latest/meta_data.json")) == metadata
-    assert _read(iso, iso_path="/OPENSTAC/LATEST/USER_DAT.;1") == USERDATA
+def rr_mode(reader: pycdlib.PyCdlib, path: str) -> int:
+    record = reader.get_record(rr_path=path)
+    rock_ridge = getattr(record, "rock_ridge", None)
+    assert rock_ridge is not None, path
+    return int(rock_ridge.get_file_mode()) & 0o777
 
+
+def test_config_2_layout_in_latest_and_a_dated_version(tmp_path: Path) -> None:
+    plan = drive(tmp_path, vendordata=b"#cloud-config\npackages: [htop]\n")
+    assert plan.label == "config-2"
+    for version in ("2015-10-15", "latest"):
+        folder = f"openstack/{version}"
+        got = files(plan)
+        assert got[f"{folder}/user_data"] == USERDATA
+        assert json.loads(got[f"{folder}/meta_data.json"])["hostname"] == "vm-0"
+        assert json.loads(got[f"{folder}/network_data.json"])["links"][0]["mtu"] == 1450
+        vendor = json.loads(got[f"{folder}/vendor_data.json"])
+        assert vendor == {"cloud-init": "#cloud-config\npackages: [htop]\n"}
+
+
+def test_nocloud_layout(tmp_path: Path) -> None:
+    plan = drive(tmp_path, "nocloud", userdata=None, vendordata=b"#!/bin/sh\ntrue\n")
+    assert plan.label == "cidata"
+    got = files(plan)
+    assert set(got) == {"meta-data", "user-data", "network-config", "vendor-data"}
+    assert got["user-data"] == b""  # NoCloud wants the file even when there is nothing
+    assert yaml.safe_load(got["network-config"])["version"] == 2
+    assert got["vendor-data"] == b"#!/bin/sh\ntrue\n"
+
+
+def test_metadata_defaults_and_the_users_keys_win(tmp_path: Path) -> None:
+    meta = drive(tmp_path, metadata={"role": "db"}).metadata
+    assert meta["hostname"] == meta["name"] == "vm-0" and meta["role"] == "db"
+    assert len(meta["uuid"]) == 36
+    assert meta["uuid"] == drive(tmp_path).metadata["uuid"]  # stable: derived from the host
+    nocloud = drive(tmp_path, "nocloud").metadata
+    assert nocloud["instance-id"] == meta["uuid"] and nocloud["local-hostname"] == "vm-0"
+    given = {"instance-id": "i-42", "local-hostname": "db", "name": "db-a"}
+    # Either datasource's name of a key counts for both formats.
+    assert drive(tmp_path, metadata=given).metadata["uuid"] == "i-42"
+    assert drive(tmp_path, metadata=given).metadata["hostname"] == "db"
+    assert drive(tmp_path, metadata=given).metadata["name"] == "db-a"
+    assert drive(tmp_path, "nocloud", metadata={"uuid": "u-1"}).metadata["instance-id"] == "u-1"
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [["ssh-ed25519 AAAA a@x", "ssh-rsa BBBB b@y"], "ssh-ed25519 AAAA a@x\nssh-rsa BBBB b@y\n"],
+)
+def test_public_keys_in_each_format(tmp_path: Path, keys: object) -> None:
+    config2 = drive(tmp_path, metadata={"public_keys": keys}).metadata
+    assert config2["public_keys"] == {"key-0": "ssh-ed25519 AAAA a@x", "key-1": "ssh-rsa BBBB b@y"}
+    nocloud = drive(tmp_path, "nocloud", metadata={"public_keys": keys}).metadata
+    assert nocloud["public-keys"] == ["ssh-ed25519 AAAA a@x", "ssh-rsa BBBB b@y"]
+    assert "public_keys" not in nocloud
+
+
+def test_generated_network_config_matches_the_vm(tmp_path: Path) -> None:
+    config2 = json.loads(files(drive(tmp_path))["openstack/latest/network_data.json"])
+    assert config2["links"] == [
+        {"id": "pod", "type": "phy", "ethernet_mac_address": NETWORK.mac, "mtu": 1450}
+    ]
+    network = config2["networks"][0]
+    assert (network["ip_address"], network["netmask"]) == ("192.168.254.2", "255.255.255.252")
+    assert network["routes"] == [
+        {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "192.168.254.1"}
+    ]
+    assert network["dns_search"] == ["default.svc.cluster.local", "svc.cluster.local"]
+    assert config2["services"] == [
+        {"type": "dns", "address": "10.96.0.10"},
+        {"type": "dns", "address": "10.96.0.11"},
+    ]
+    v2 = yaml.safe_load(files(drive(tmp_path, "nocloud"))["network-config"])
+    eth0 = v2["ethernets"]["eth0"]
+    assert eth0["match"] == {"macaddress": NETWORK.mac}
+    assert eth0["addresses"] == ["192.168.254.2/30"] and eth0["mtu"] == 1450
+    assert eth0["routes"] == [{"to": "0.0.0.0/0", "via": "192.168.254.1"}]
+    assert eth0["nameservers"]["search"] == ["default.svc.cluster.local", "svc.cluster.local"]
+
+
+def test_the_users_network_config_replaces_ours(tmp_path: Path) -> None:
+    theirs = b'{"links": [], "networks": [], "services": []}'
+    plan = drive(tmp_path, networkdata=theirs)
+    assert files(plan)["openstack/latest/network_data.json"] == theirs
+    assert plan.network_config is None
+    v1 = b"version: 1\nconfig: []\n"
+    assert files(drive(tmp_path, "nocloud", networkdata=v1))["network-config"] == v1
+    with pytest.raises(ConfigError, match=r"NETWORKDATA_PATH .*: expected OpenStack network_data"):
+        drive(tmp_path, networkdata=v1)  # YAML where config-2 needs JSON
+
+
+def test_iso_read_back_under_every_naming_with_private_user_data(tmp_path: Path) -> None:
+    plan = drive(tmp_path, metadata={"role": "db"})
+    write_iso(plan)
+    iso = plan.iso
+    rr = read_iso(iso, rr_path="/openstack/latest/user_data")
+    assert rr == read_iso(iso, joliet_path="/openstack/latest/user_data") == USERDATA
+    assert read_iso(iso, iso_path="/OPENSTAC/LATEST/USER_DAT.;1") == USERDATA
+    assert read_iso(iso, rr_path="/openstack/2015-10-15/user_data") == USERDATA
+    metadata = json.loads(read_iso(iso, rr_path="/openstack/latest/meta_data.json"))
+    assert metadata["role"] == "db"
     reader = pycdlib.PyCdlib()
     reader.open(str(iso))
     try:
         assert reader.pvd.volume_identifier.decode().strip() == "config-2"
+        # Inside the guest, too, only root reads user-data.
+        assert rr_mode(reader, "/openstack/latest/user_data") == 0o400
+        assert rr_mode(reader, "/openstack/latest/meta_data.json") == 0o444
     finally:
         reader.close()
-    assert iso.stat().st_mode & 0o777 == 0o600  # user-data can hold secrets
-
-
-def test_user_keys_win_over_the_filled_in_ones(tmp_path: Path) -> None:
-    drive = _drive(tmp_path, None, {"uuid": "given-id", "hostname": "custom", "name": "n"})
-    assert drive.metadata == {"uuid": "given-id", "hostname": "custom", "name": "n"}
-    assert [f.path for f in drive.files] == ["openstack/latest/meta_data.json"]
-
-
-def test_uuid_is_stable_per_hostname(tmp_path: Path) -> None:
-    first = _drive(tmp_path, b"x", None).metadata["uuid"]
-    assert first == _drive(tmp_path, b"x", None).metadata["uuid"]
-    other = build_config_drive(
-        drive_format="configdrive",
-        iso=tmp_path / "x.iso",
-        hostname="vm-1",
-        inputs=DriveInputs(b"x", None),
-    )
-    assert other is not None and other.metadata["uuid"] != first
+    assert iso.stat().st_mode & 0o777 == 0o600
 
 
 def test_iso_bytes_do_not_depend_on_the_clock_or_time_zone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drive = _drive(tmp_path, USERDATA, {"role": "db"})
-    first = render_iso(drive)
+    plan = drive(tmp_path, metadata={"role": "db"})
+    first = render_iso(plan)
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + 400 * 86400)
     monkeypatch.setenv("TZ", "Asia/Kolkata")
     time.tzset()
     try:
-        assert render_iso(drive) == first
+        assert render_iso(plan) == first
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -107,65 +204,82 @@ def test_iso_bytes_do_not_depend_on_the_clock_or_time_zone(
 
 
 def test_unchanged_iso_is_not_rewritten(tmp_path: Path) -> None:
-    drive = _drive(tmp_path, USERDATA, None)
-    assert write_iso(drive) is True
-    inode = drive.iso.stat().st_ino
-    assert write_iso(drive) is False
-    assert drive.iso.stat().st_ino == inode
-    changed = _drive(tmp_path, USERDATA + b"\n", None)
-    assert write_iso(changed) is True
-    assert drive.iso.stat().st_ino != inode
+    plan = drive(tmp_path)
+    assert write_iso(plan) is True
+    inode = plan.iso.stat().st_ino
+    assert write_iso(plan) is False
+    assert plan.iso.stat().st_ino == inode
+    assert write_iso(drive(tmp_path, userdata=USERDATA + b"\n")) is True
+    assert plan.iso.stat().st_ino != inode
 
 
-def test_no_inputs_no_drive(tmp_path: Path) -> None:
-    inputs = read_inputs(tmp_path / "userdata", tmp_path / "metadata")
-    assert inputs == DriveInputs(None, None)
-    drive = build_config_drive(
-        drive_format="configdrive", iso=tmp_path / "a.iso", hostname="vm-0", inputs=inputs
+def inputs_at(tmp_path: Path) -> InputPaths:
+    return InputPaths(
+        tmp_path / "userdata", tmp_path / "metadata", tmp_path / "networkdata", tmp_path / "vd"
     )
-    assert drive is None
+
+
+def test_absent_inputs_are_none(tmp_path: Path) -> None:
+    assert read_inputs(inputs_at(tmp_path)) == DriveInputs(None, None, None, None)
 
 
 def test_metadata_yaml_and_json(tmp_path: Path) -> None:
     (tmp_path / "metadata").write_text("role: db\nzone: [a, b]\n")
-    assert read_inputs(tmp_path / "u", tmp_path / "metadata").metadata == {
-        "role": "db",
-        "zone": ["a", "b"],
-    }
+    assert read_inputs(inputs_at(tmp_path)).metadata == {"role": "db", "zone": ["a", "b"]}
     (tmp_path / "metadata").write_text('{"role": "web"}')
-    assert read_inputs(tmp_path / "u", tmp_path / "metadata").metadata == {"role": "web"}
+    assert read_inputs(inputs_at(tmp_path)).metadata == {"role": "web"}
 
 
-def test_invalid_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+def test_invalid_metadata_names_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "metadata"
-    path.write_text("role: db\nzone: [a, b\nother: 1\n")
-    with pytest.raises(ConfigError, match=rf"METADATA_PATH {path} line \d+: invalid YAML"):
-        read_inputs(tmp_path / "u", path)
-
-
-def test_metadata_must_be_a_mapping(tmp_path: Path) -> None:
-    path = tmp_path / "metadata"
+    path.write_text("role: db\nname: a: b\n")
+    with pytest.raises(ConfigError, match=rf"METADATA_PATH {path} line 2: invalid YAML"):
+        read_inputs(inputs_at(tmp_path))
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
-        read_inputs(tmp_path / "u", path)
+        read_inputs(inputs_at(tmp_path))
+
+
+def _cloud_config_error(tmp_path: Path, data: bytes) -> str:
+    (tmp_path / "userdata").write_bytes(data)
+    with pytest.raises(ConfigError) as caught:
+        read_inputs(inputs_at(tmp_path))
+    return str(caught.value)
+
+
+def test_invalid_cloud_config_names_the_file_and_line(tmp_path: Path) -> None:
+    bad = b"#cloud-config\npackages:\n  - htop\n users: [a]\n"
+    message = _cloud_config_error(tmp_path, bad)
+    assert message.startswith(f"USERDATA_PATH {tmp_path / 'userdata'} line 4: invalid #cloud")
+    assert "line 4" in _cloud_config_error(tmp_path, gzip.compress(bad))
+    multipart = MIMEMultipart()
+    multipart.attach(MIMEText("#!/bin/sh\necho fine\n", "x-shellscript"))
+    multipart.attach(MIMEText(bad.decode(), "cloud-config"))
+    assert "(MIME part 3) line 4" in _cloud_config_error(tmp_path, multipart.as_bytes())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"#cloud-config\npackages: [htop]\n",
+        b"#!/bin/sh\n: { not yaml\n",  # a script: not checked as YAML
+        gzip.compress(b"#cloud-config\nruncmd: [[echo, hi]]\n"),
+        b"#include\nhttp://example.invalid/cfg\n",
+    ],
+)
+def test_valid_user_data_of_every_kind_passes_byte_for_byte(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "userdata").write_bytes(data)
+    assert read_inputs(inputs_at(tmp_path)).userdata == data
+
+
+def test_an_oversized_input_is_refused(tmp_path: Path) -> None:
+    with (tmp_path / "networkdata").open("wb") as out:
+        out.truncate(MAX_INPUT + 1)
+    with pytest.raises(ConfigError, match=r"NETWORKDATA_PATH=.*larger than 16 MiB"):
+        read_inputs(inputs_at(tmp_path))
 
 
 def test_a_directory_instead_of_a_file(tmp_path: Path) -> None:
     (tmp_path / "userdata").mkdir()
     with pytest.raises(ConfigError, match=r"USERDATA_PATH=.*is a directory"):
-        read_inputs(tmp_path / "userdata", tmp_path / "metadata")
-
-
-def test_nocloud_drive_read_back(tmp_path: Path) -> None:
-    drive = build_config_drive(
-        drive_format="nocloud",
-        iso=tmp_path / "cidata.iso",
-        hostname="vm-0",
-        inputs=DriveInputs(None, {"role": "db"}),
-    )
-    assert drive is not None and drive.label == "cidata"
-    write_iso(drive)
-    metadata = yaml.safe_load(_read(drive.iso, rr_path="/meta-data"))
-    assert metadata["local-hostname"] == "vm-0" and metadata["role"] == "db"
-    assert metadata["instance-id"] == _drive(tmp_path, b"x", None).metadata["uuid"]
-    assert _read(drive.iso, joliet_path="/user-data") == b""  # NoCloud wants both files
+        read_inputs(inputs_at(tmp_path))

@@ -25,8 +25,15 @@ def test_plan_json_is_deterministic_and_complete() -> None:
     assert data["vm"]["mac"] == derive_mac("vm-0")
     assert data["disks"]["overlay"] == "/image/vm-0.qcow2"
     assert data["qemu"]["argv"][0] == "qemu-system-x86_64"
-    paths = [f["path"] for f in data["config_drive"]["files"]]
-    assert paths == ["openstack/latest/meta_data.json", "openstack/latest/user_data"]
+    paths = {f["path"] for f in data["config_drive"]["files"]}
+    assert paths == {
+        f"openstack/{version}/{name}"
+        for version in ("2015-10-15", "latest")
+        for name in ("meta_data.json", "network_data.json", "user_data")
+    }
+    assert data["config_drive"]["network_config"]["links"][0]["ethernet_mac_address"] == (
+        derive_mac("vm-0")
+    )
 
 
 def test_plan_json_does_not_print_user_data() -> None:

@@ -63,11 +63,13 @@ def test_no_vnc() -> None:
     assert _option(argv, "-display") == ["none"]
 
 
-def test_no_config_drive_without_inputs() -> None:
+def test_a_config_drive_even_without_inputs_unless_turned_off() -> None:
     from kvmmgr.configdrive import DriveInputs
 
+    # Without user-data or metadata the drive still tells the guest its network.
     argv = plan(inputs=DriveInputs(None, None)).qemu.argv
-    assert len(_option(argv, "-drive")) == 1
+    assert len(_option(argv, "-drive")) == 2
+    assert len(_option(plan({"CONFIG_DRIVE_FORMAT": "none"}).qemu.argv, "-drive")) == 1
 
 
 def test_extra_arguments_come_last() -> None:
