@@ -19,12 +19,22 @@ TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE of a tap (layer 2) device, as opposed to tun (
 
 
 @dataclass(frozen=True)
+class Sysctl:
+    """`value` in the first of `names` (under /proc/sys), unless one of them has it already:
+    an unprivileged container cannot write /proc/sys, but the pod's securityContext.sysctls
+    can set the `all` variant before kvm-manager starts."""
+
+    names: tuple[str, ...]
+    value: str
+
+
+@dataclass(frozen=True)
 class NetworkPlan:
     bridge: str
     tap: str
     gateway: IPv4Interface  # VM_GW/30, on the bridge
     mtu: int
-    sysctls: tuple[tuple[str, str], ...]  # (name under /proc/sys, value)
+    sysctls: tuple[Sysctl, ...]
 
 
 def build_network(*, bridge: str, tap: str, gateway: IPv4Interface, mtu: int) -> NetworkPlan:
@@ -34,10 +44,14 @@ def build_network(*, bridge: str, tap: str, gateway: IPv4Interface, mtu: int) ->
         gateway=gateway,
         mtu=mtu,
         sysctls=(
-            ("net/ipv4/ip_forward", "1"),
+            Sysctl(("net/ipv4/ip_forward",), "1"),
             # Lets the OUTPUT DNAT send 127.0.0.1-sourced packets (kubectl port-forward) to the
-            # VM; the firewall then drops what the VM sends to 127.0.0.0/8.
-            (f"net/ipv4/conf/{bridge}/route_localnet", "1"),
+            # VM; the firewall then drops what the VM sends to 127.0.0.0/8. The kernel honours
+            # the bridge's own setting or the `all` one.
+            Sysctl(
+                (f"net/ipv4/conf/{bridge}/route_localnet", "net/ipv4/conf/all/route_localnet"),
+                "1",
+            ),
         ),
     )
 
@@ -56,8 +70,8 @@ def apply_network(plan: NetworkPlan) -> None:
             _ensure_only_address(ipr, bridge, plan.bridge, plan.gateway)
     except NetlinkError as exc:
         raise StepError(f"network setup failed: {exc.args[-1]} (errno {exc.code})") from exc
-    for name, value in plan.sysctls:
-        _write_sysctl(name, value)
+    for sysctl in plan.sysctls:
+        _ensure_sysctl(sysctl)
 
 
 def _ensure_link(ipr: Any, name: str, kind: str, options: dict[str, str]) -> int:
@@ -111,13 +125,19 @@ def _lookup(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def _write_sysctl(name: str, value: str) -> None:
-    path = Path("/proc/sys") / name
+def _ensure_sysctl(sysctl: Sysctl) -> None:
+    for name in sysctl.names:
+        try:
+            if (Path("/proc/sys") / name).read_text().strip() == sysctl.value:
+                return
+        except OSError:
+            continue  # e.g. no such device yet: the others may do
+    name, value = sysctl.names[0], sysctl.value
     try:
-        if path.read_text().strip() != value:
-            path.write_text(value + "\n")
+        (Path("/proc/sys") / name).write_text(value + "\n")
     except OSError as exc:
+        settable = sysctl.names[-1].replace("/", ".")  # the name a pod spec can carry
         raise StepError(
-            f"could not set {name.replace('/', '.')}={value}: {exc.strerror} (in Kubernetes, "
-            "set it in the pod's securityContext.sysctls or run the container privileged)"
+            f"could not set {name.replace('/', '.')}={value}: {exc.strerror}: expected "
+            f"{settable}={value} in the pod's securityContext.sysctls, or a privileged container"
         ) from exc

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmmgr.firewall import Chain, FirewallPlan
-from podlab.lab import HOSTNAME, PodLab
+from podlab.lab import HOSTNAME, KVM_MANAGER, PodLab
 from tests.netns.snapshot import links, our_rules, pod_state, processes
 
 
@@ -147,3 +147,32 @@ def test_a_device_of_another_kind_under_our_name_is_an_error(lab: PodLab) -> Non
     done = lab.cli("setup")
     assert done.returncode == 1
     assert "'kvmbr0' exists but is a veth, not a bridge" in done.stderr.splitlines()[-1]
+
+
+def _setup_with_read_only_proc_sys(lab: PodLab) -> subprocess.CompletedProcess[str]:
+    """As in an unprivileged container: /proc/sys mounted read-only (in a mount namespace of
+    the test's own; the shell is the test's, kvm-manager starts none)."""
+    remount = "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys"
+    argv = lab.net.pod.argv(
+        "unshare", "--mount", "--propagation", "private",
+        "sh", "-c", f'{remount} && exec "$@"', "sh", KVM_MANAGER, "setup",
+    )  # fmt: skip
+    return subprocess.run(
+        argv, env=lab.env(), capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_read_only_proc_sys_needs_the_pod_sysctls(lab: PodLab) -> None:
+    refused = _setup_with_read_only_proc_sys(lab)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == (
+        "kvm-manager: error: could not set net.ipv4.ip_forward=1: Read-only file system: "
+        "expected net.ipv4.ip_forward=1 in the pod's securityContext.sysctls, "
+        "or a privileged container"
+    )
+    # What the kubelet does with securityContext.sysctls, before the container starts:
+    lab.net.pod.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    lab.net.pod.run("sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1")
+    done = _setup_with_read_only_proc_sys(lab)
+    assert done.returncode == 0, done.stderr
+    assert lab.net.pod.run("cat", "/proc/sys/net/ipv4/conf/kvmbr0/route_localnet").strip() == "0"
