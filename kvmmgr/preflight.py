@@ -14,13 +14,19 @@ from pathlib import Path
 from kvmmgr.errors import PreconditionError
 from kvmmgr.plan import Plan
 
-CAP_NET_ADMIN = 12
+# Capability bits (linux/capability.h), and what each is needed for.
+CAPABILITIES = {
+    "NET_ADMIN": (12, "bridge, tap, addresses and rules"),
+    "NET_RAW": (13, "the raw socket iptables rules are written through"),
+    "NET_BIND_SERVICE": (10, "dnsmasq's DHCP port 67"),
+}
 TUN_DEVICE = "/dev/net/tun"
 
 
 def check(plan: Plan, status_file: Path = Path("/proc/self/status")) -> None:
     """Raise PreconditionError for the first thing the startup path would miss."""
-    _check_capability(status_file)
+    needed = ["NET_ADMIN", "NET_RAW"] + (["NET_BIND_SERVICE"] if plan.dhcp else [])
+    _check_capabilities(status_file, needed)
     _check_tun()
     programs = [plan.qemu.argv[0], "qemu-img"]
     if plan.dhcp is not None:
@@ -44,16 +50,18 @@ def effective_capabilities(status_text: str) -> int:
     return 0
 
 
-def _check_capability(status_file: Path) -> None:
+def _check_capabilities(status_file: Path, needed: list[str]) -> None:
     try:
         caps = effective_capabilities(status_file.read_text())
     except OSError:
         return  # no /proc: nothing to tell; the kernel will say it
-    if not caps & (1 << CAP_NET_ADMIN):
-        raise PreconditionError(
-            "the NET_ADMIN capability is missing: expected it in the container's "
-            "securityContext.capabilities.add (bridge, tap and firewall need it)"
-        )
+    for name in needed:
+        bit, purpose = CAPABILITIES[name]
+        if not caps & (1 << bit):
+            raise PreconditionError(
+                f"the {name} capability is missing: expected it in the container's "
+                f"securityContext.capabilities.add ({purpose})"
+            )
 
 
 def _check_tun() -> None:

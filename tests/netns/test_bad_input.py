@@ -83,11 +83,14 @@ CASES = [
     Case("no image at all", {"IMG_SOURCE": None}, "IMG_SOURCE is not set"),
     Case("relative RUN_DIR", {"RUN_DIR": "run"}, "RUN_DIR='run'"),
     Case("VNC password too long", {"VNC_PASSWORD": "far-too-long"}, "VNC_PASSWORD has 12 bytes"),
-    Case(
-        "no NET_ADMIN capability",
-        {},
-        "the NET_ADMIN capability is missing",
-        wrapper=("setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"),
+    *(
+        Case(
+            f"no {cap} capability",
+            {},
+            f"the {cap} capability is missing",
+            wrapper=("setpriv", f"--inh-caps=-{cap.lower()}", f"--bounding-set=-{cap.lower()}"),
+        )
+        for cap in ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
     ),
 ]
 

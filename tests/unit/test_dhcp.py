@@ -16,6 +16,8 @@ def test_dnsmasq_configuration() -> None:
     mac = plan().vm.mac
     for expected in [
         "port=0",
+        "user=root",
+        "group=",
         "interface=kvmbr0",
         "bind-interfaces",
         "except-interface=lo",
