@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +28,13 @@ KVM_MANAGER = str(Path(sys.executable).parent / "kvm-manager")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_PORT = 8080
 CLI_TIMEOUT = 120
+POD_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.route_localnet=1")
+# Every capability the container keeps (all others dropped), each proven by the container
+# suite: NET_ADMIN (links, addresses, rules), NET_RAW (iptables' raw socket),
+# NET_BIND_SERVICE (dnsmasq on port 67).
+CAPABILITIES = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
+# Root here lacks CAP_SYS_RESOURCE: podman must be told limits it may keep.
+PODMAN_ULIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768")
 HOSTNAME = "kvmtest-0"
 NAMESERVERS = ("10.96.0.10", "10.96.0.11", "10.96.0.12")
 SEARCH = ("default.svc.cluster.local", "svc.cluster.local")
@@ -87,15 +94,14 @@ class Prober:
 
 
 class KvmManager:
-    """One `kvm-manager` process in the pod: a container's main process. After `run` execs,
-    this process *is* QEMU; its stdout is the guest's serial console."""
+    """One `kvm-manager` in the pod: a container's main process. After `run` execs, this
+    process *is* QEMU; its stdout is the guest's serial console. `argv` starts it: through
+    `ip netns exec`, or `podman run` for the container image."""
 
-    def __init__(
-        self, pod: Namespace, env: Mapping[str, str], logs: Path, args: tuple[str, ...]
-    ) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], logs: Path) -> None:
         self.env = dict(env)
-        self.process = pod.popen(
-            [KVM_MANAGER, *args],
+        self.process = subprocess.Popen(
+            argv,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -126,6 +132,7 @@ class PodLab:
         self.volumes = workdir / "volumes"
         self.net = PodNetwork.create()
         self._servers: list[subprocess.Popen[bytes]] = []
+        self._containers: list[str] = []
         self._runs = 0
         self.served = workdir / "served"  # what the node's HTTP server serves...
         self.http_log = workdir / "node-httpd.jsonl"  # ...and who asked for what
@@ -193,9 +200,35 @@ class PodLab:
 
     def start(self, *args: str, **env: str | None) -> KvmManager:
         """`kvm-manager ARGS` (default: run) in the pod namespace, as the container would."""
+        argv = self.net.pod.argv(KVM_MANAGER, *(args or ("run",)))
+        return KvmManager(argv, self.env(**env), self._log_name())
+
+    def start_container(self, image: str, *args: str, **env: str | None) -> KvmManager:
+        """The container image itself in the pod namespace, as a kubelet would run it:
+        unprivileged, with CAPABILITIES and /dev/net/tun, the pod's sysctls set beforehand, and
+        the volumes mounted at the same paths (so the environment is the same)."""
+        for sysctl in POD_SYSCTLS:  # what securityContext.sysctls does
+            self.net.pod.run("sysctl", "-q", "-w", sysctl)
+        name = f"{self.net.pod.name}-{self._runs + 1}"
+        self._containers.append(name)
+        container_env = self.env(**env)
+        argv = [
+            str(REPO / "scripts" / "container"), "podman", "run", "--rm", "--name", name,
+            "--network", f"ns:/run/netns/{self.net.pod.name}",
+            "--hostname", container_env["HOSTNAME"],
+            "--cap-drop", "all", "--cap-add", ",".join(CAPABILITIES), "--device", "/dev/net/tun",
+            *PODMAN_ULIMITS,
+            "--volume", f"{self.volumes}:{self.volumes}",
+        ]  # fmt: skip
+        for key, value in container_env.items():
+            if key != "PATH":  # the image's own PATH finds its entrypoint
+                argv += ["--env", f"{key}={value}"]
+        argv += [image, *(args or ("run",))]
+        return KvmManager(argv, {**os.environ}, self._log_name())
+
+    def _log_name(self) -> Path:
         self._runs += 1
-        logs = self.workdir / f"kvm-manager-{self._runs}"
-        return KvmManager(self.net.pod, self.env(**env), logs, args or ("run",))
+        return self.workdir / f"kvm-manager-{self._runs}"
 
     def cli(self, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
         """A short kvm-manager command in the pod (status, shutdown, setup, plan)."""
@@ -214,6 +247,12 @@ class PodLab:
             server.kill()
             server.wait()
         self.net.delete()  # kills QEMU, dnsmasq and every other process inside
+        for name in self._containers:
+            subprocess.run(
+                [str(REPO / "scripts" / "container"), "podman", "rm", "--force", "--ignore", name],
+                capture_output=True,
+                check=False,
+            )
 
 
 def _python_env() -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-NEEDS_ROOT = ("netns", "e2e")
+NEEDS_ROOT = ("netns", "e2e", "container")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -17,7 +17,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         suite = Path(str(item.fspath)).relative_to(HERE).parts[0]
         if suite in NEEDS_ROOT:
             item.add_marker(pytest.mark.root)
-            if suite == "e2e":
+            if suite in ("e2e", "container"):
                 item.add_marker(pytest.mark.e2e)
 
 

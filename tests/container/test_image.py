@@ -1,0 +1,83 @@
+"""The container image users deploy, built here with podman (scripts/container) and run in
+the pod namespace as a kubelet would: unprivileged, NET_ADMIN and /dev/net/tun only. The e2e
+suite's core checks hold with kvm-manager inside it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podlab import guest
+from podlab.console import marker
+from podlab.lab import HOSTNAME, NAMESERVERS, PODMAN_ULIMITS, REPO, VM_GW, VM_IP, KvmManager, PodLab
+
+CONTAINER = REPO / "scripts" / "container"
+BOOT_TIMEOUT = 120.0
+
+
+def podman(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CONTAINER), "podman", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    done = subprocess.run(
+        [str(CONTAINER), "build"], stdout=subprocess.PIPE, text=True, timeout=1800, check=False
+    )
+    assert done.returncode == 0, "scripts/container build failed (its output is above)"
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def running(
+    image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[PodLab, KvmManager]]:
+    with PodLab(tmp_path_factory.mktemp("container"), guest.build()) as lab:
+        vm = lab.start_container(image)
+        vm.console.wait_for(r"^KVMTEST_READY ", BOOT_TIMEOUT)
+        yield lab, vm
+
+
+def test_the_lease_from_inside_the_container(running: tuple[PodLab, KvmManager]) -> None:
+    lab, vm = running
+    lease = marker(vm.console.wait_for(r"^KVMTEST_DHCP ", 5))
+    assert (lease["ip"], lease["router"], lease["mask"]) == (VM_IP, VM_GW, "255.255.255.252")
+    assert lease["dns"].split(",") == list(NAMESERVERS)
+    assert (lease["mtu"], lease["hostname"]) == (str(lab.net.mtu), HOSTNAME)
+
+
+def test_http_through_the_pod_ip_and_vnc_banner(running: tuple[PodLab, KvmManager]) -> None:
+    lab, _ = running
+    page = lab.from_node.http(f"http://{lab.net.pod_ip}/")
+    assert page["status"] == 200 and f"ip={VM_IP}" in page["body"]
+    assert lab.from_node.rfb(lab.net.pod_ip)["banner"] == "RFB 003.008"
+    assert lab.in_pod.http("http://127.0.0.1/")["status"] == 200
+
+
+def test_the_container_runs_unprivileged(running: tuple[PodLab, KvmManager]) -> None:
+    lab, _ = running
+    name = f"{lab.net.pod.name}-1"
+    config = json.loads(podman("inspect", name).stdout)[0]["HostConfig"]
+    assert config["Privileged"] is False
+    assert "CAP_NET_ADMIN" in config["CapAdd"] and "CAP_SYS_ADMIN" not in config["CapAdd"]
+    status = lab.cli("status")  # the QMP socket is on the shared RUN_DIR volume
+    assert (status.returncode, status.stdout.strip()) == (0, "running")
+
+
+def test_the_image(image: str) -> None:
+    labels = json.loads(podman("inspect", image).stdout)[0]["Config"]["Labels"]
+    assert labels["org.opencontainers.image.title"] == "kvm-manager"
+    assert labels["org.opencontainers.image.version"] == "0.1.0"
+    probe = podman(
+        "run", "--rm", *PODMAN_ULIMITS, "--entrypoint", "sh", image, "-c",
+        "command -v gcc cc || echo no-compiler; kvm-manager --version",
+    )  # fmt: skip
+    assert probe.stdout.split() == ["no-compiler", "kvm-manager", "0.1.0"], probe.stderr
+    ignore = (REPO / ".dockerignore").read_text()
+    assert "!kvmmgr/" in ignore and Path(REPO / "Dockerfile").exists()
