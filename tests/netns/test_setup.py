@@ -163,6 +163,9 @@ def _setup_with_read_only_proc_sys(lab: PodLab) -> subprocess.CompletedProcess[s
 
 
 def test_read_only_proc_sys_needs_the_pod_sysctls(lab: PodLab) -> None:
+    # A new namespace may start from the host's values (podman turns forwarding on there).
+    lab.net.pod.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+    lab.net.pod.run("sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=0")
     refused = _setup_with_read_only_proc_sys(lab)
     assert refused.returncode == 1
     assert refused.stderr.splitlines()[-1] == (
