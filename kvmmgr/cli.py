@@ -178,9 +178,12 @@ def _qmp_socket() -> Path:
 
 def _describe(plan: Plan) -> str:
     lines = [f"disk: {plan.disks.overlay} on {plan.disks.base}"]
-    for table in plan.firewall.tables:
-        lines.append(f"firewall ({table}):")
-        lines += [f"  {line}" for line in plan.firewall.save_lines(table)]
+    for family, table in plan.firewall.tables:
+        lines.append(f"firewall (IPv{family} {table}):")
+        lines += [f"  {line}" for line in plan.firewall.save_lines(table, family)]
+    if plan.dhcp_guard:
+        lines.append("dhcp guard (nft -f):")
+        lines += [f"  {line}" for line in plan.dhcp_guard.ruleset.splitlines()]
     if plan.dhcp:
         lines.append(f"dhcp: {plan.dhcp.config_file}")
         lines += [f"  {line}" for line in plan.dhcp.config[1:]]

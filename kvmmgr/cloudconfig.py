@@ -11,12 +11,13 @@ import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
 from typing import Any
 
 import yaml
 
 from kvmmgr.errors import ConfigError
+from kvmmgr.pod import Route
 
 # Instance ids derive from the hostname, so they survive restarts (cloud-init reruns its
 # first-boot modules when the id changes) and differ between VMs.
@@ -25,15 +26,22 @@ MAX_UNPACKED = 64 << 20  # a gzip'd user-data is checked up to this size unpacke
 
 
 @dataclass(frozen=True)
-class GuestNetwork:
-    """The VM's side of the pod network, as its static configuration."""
+class GuestNic:
+    """One NIC as the VM sees it: what DHCP hands it, and its static configuration."""
 
     mac: str
-    address: IPv4Interface  # VM_IP/30
-    gateway: IPv4Address
+    address: IPv4Interface
+    router: IPv4Address | None  # the default route's, on the NIC that has it
+    routes: tuple[Route, ...]  # classless static routes (option 121); empty: router alone
+    mtu: int
+    address6: IPv6Interface | None = None  # NAT mode on a dual-stack pod
+
+
+@dataclass(frozen=True)
+class GuestNetwork:
+    nics: tuple[GuestNic, ...]
     nameservers: tuple[IPv4Address, ...]
     search: tuple[str, ...]
-    mtu: int
 
 
 def identity(metadata: Mapping[str, Any], hostname: str) -> tuple[str, str]:
@@ -86,49 +94,74 @@ def nocloud_metadata(metadata: Mapping[str, Any], hostname: str) -> dict[str, An
     return result
 
 
+def routes_of(nic: GuestNic) -> tuple[Route, ...]:
+    """Every route the NIC should have: its classless routes, or the default via its router."""
+    if nic.routes:
+        return nic.routes
+    return (Route(IPv4Network("0.0.0.0/0"), nic.router),) if nic.router else ()
+
+
 def network_data_json(net: GuestNetwork) -> dict[str, Any]:
-    """OpenStack's network_data.json. cloud-init names the link after the NIC that has its
-    MAC; DNS goes both on the network (where cloud-init reads the search domains) and as
-    services (where other agents, cloudbase-init say, look for it)."""
-    return {
-        "links": [{"id": "pod", "type": "phy", "ethernet_mac_address": net.mac, "mtu": net.mtu}],
-        "networks": [
+    """OpenStack's network_data.json. cloud-init names each link after the NIC that has its
+    MAC; DNS goes both on the networks (where cloud-init reads the search domains) and as
+    services (where other agents, cloudbase-init say, look for it). An on-link route has the
+    gateway 0.0.0.0."""
+    links, networks = [], []
+    for number, nic in enumerate(net.nics):
+        link = f"pod{number}"
+        links.append({"id": link, "type": "phy", "ethernet_mac_address": nic.mac, "mtu": nic.mtu})
+        routes = [
             {
-                "id": "pod-ipv4",
+                "network": str(r.destination.network_address),
+                "netmask": str(r.destination.netmask),
+                "gateway": str(r.gateway or "0.0.0.0"),
+            }
+            for r in routes_of(nic)
+        ]
+        networks.append(
+            {
+                "id": f"{link}-ipv4",
                 "type": "ipv4",
-                "link": "pod",
+                "link": link,
                 "network_id": "kvm-manager",
-                "ip_address": str(net.address.ip),
-                "netmask": str(net.address.netmask),
-                "routes": [
-                    {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": str(net.gateway)}
-                ],
+                "ip_address": str(nic.address.ip),
+                "netmask": str(nic.address.netmask),
+                "routes": routes,
                 "dns_nameservers": [str(ns) for ns in net.nameservers],
                 "dns_search": list(net.search),
             }
-        ],
-        "services": [{"type": "dns", "address": str(ns)} for ns in net.nameservers],
-    }
+        )
+    services = [{"type": "dns", "address": str(ns)} for ns in net.nameservers]
+    return {"links": links, "networks": networks, "services": services}
 
 
 def network_config_v2(net: GuestNetwork) -> dict[str, Any]:
-    """NoCloud's network-config, version 2, matched on the VM's MAC. Renderers other than
-    netplan name the NIC after the key: eth0, what legacy guests expect."""
+    """NoCloud's network-config, version 2, each NIC matched on its MAC. Renderers other than
+    netplan name the NICs after the keys: eth0, eth1..., what legacy guests expect."""
     nameservers: dict[str, Any] = {"addresses": [str(ns) for ns in net.nameservers]}
     if net.search:
         nameservers["search"] = list(net.search)
-    return {
-        "version": 2,
-        "ethernets": {
-            "eth0": {
-                "match": {"macaddress": net.mac},
-                "addresses": [str(net.address)],
-                "routes": [{"to": "0.0.0.0/0", "via": str(net.gateway)}],
-                "nameservers": nameservers,
-                "mtu": net.mtu,
-            }
-        },
-    }
+    ethernets = {}
+    for number, nic in enumerate(net.nics):
+        routes: list[dict[str, Any]] = []
+        for route in routes_of(nic):
+            if route.gateway is None:
+                routes.append({"to": str(route.destination), "scope": "link"})
+            elif route.gateway in nic.address.network:
+                routes.append({"to": str(route.destination), "via": str(route.gateway)})
+            else:  # a gateway outside the subnet, as routed CNIs have (169.254.1.1)
+                routes.append(
+                    {"to": str(route.destination), "via": str(route.gateway), "on-link": True}
+                )
+        addresses = [str(nic.address)] + ([str(nic.address6)] if nic.address6 else [])
+        ethernets[f"eth{number}"] = {
+            "match": {"macaddress": nic.mac},
+            "addresses": addresses,
+            "routes": routes,
+            "nameservers": nameservers,
+            "mtu": nic.mtu,
+        }
+    return {"version": 2, "ethernets": ethernets}
 
 
 def vendor_data_json(vendordata: bytes) -> bytes:

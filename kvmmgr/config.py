@@ -7,7 +7,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
@@ -17,6 +17,11 @@ from kvmmgr.errors import ConfigError
 
 Accel = Literal["auto", "kvm", "tcg"]
 DriveFormat = Literal["configdrive", "nocloud"]
+NetMode = Literal["nat", "bridge", "macvtap"]
+NET_MODES: tuple[NetMode, ...] = ("nat", "bridge", "macvtap")
+# The VM's IPv6 side in NAT mode, on a dual-stack pod: a unique local /64 ("kvm" in hex),
+# the VM on ::2, the bridge (its router) on ::1.
+DEFAULT_VM_IP6 = "fd00:6b76:6d::2"
 
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"0", "false", "no"})
@@ -46,6 +51,14 @@ class PortSpec:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A pod interface given to the VM as a NIC, and how."""
+
+    iface: str
+    mode: NetMode
+
+
+@dataclass(frozen=True)
 class InputPaths:
     """Where the config drive's inputs are mounted (ConfigMaps, Secrets)."""
 
@@ -67,12 +80,17 @@ class Settings:
     run_dir: Path
     vm_ip: IPv4Address
     vm_gw: IPv4Address
+    vm_ip6: IPv6Address
     vm_mac: str | None
     vm_memory_mib: int | None
     vm_cpus: int | None
     vm_accel: Accel
     pod_iface: str
     pod_ip: IPv4Address | None
+    net_mode: NetMode
+    # The NICs, in order; None: every pod interface with an IPv4 address (ATTACH_IFACES=all).
+    attachments: tuple[Attachment, ...] | None
+    selected_network: IPv4Network | None
     resolv_conf: Path
     drive_inputs: InputPaths
     config_drive_format: DriveFormat | None  # None: no config drive at all
@@ -133,6 +151,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "(VNC authentication uses at most 8); the value is not shown"
         )
 
+    pod_iface = _ifname("POD_IFACE", get("POD_IFACE") or "eth0")
+    net_mode = _choice("NET_MODE", get("NET_MODE") or "nat", NET_MODES)
+
     hostname = get("HOSTNAME") or None
     if hostname is not None:
         check_hostname("HOSTNAME", hostname)
@@ -148,12 +169,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         run_dir=_abs_path(env, "RUN_DIR", "/run/kvmmgr"),
         vm_ip=vm_ip,
         vm_gw=vm_gw,
+        vm_ip6=_ipv6("VM_IP6", get("VM_IP6") or DEFAULT_VM_IP6),
         vm_mac=_mac(get("VM_MAC")),
         vm_memory_mib=_memory(get("VM_MEMORY")),
         vm_cpus=_positive_int("VM_CPUS", get("VM_CPUS"), MAX_CPUS),
         vm_accel=_choice("VM_ACCEL", get("VM_ACCEL") or "auto", ("auto", "kvm", "tcg")),
-        pod_iface=_ifname(get("POD_IFACE") or "eth0"),
+        pod_iface=pod_iface,
         pod_ip=_ipv4("POD_IP", get("POD_IP")) if get("POD_IP") else None,
+        net_mode=net_mode,
+        attachments=_attachments(get("ATTACH_IFACES"), pod_iface, net_mode),
+        selected_network=_network("SELECTED_NETWORK", get("SELECTED_NETWORK")),
         resolv_conf=_abs_path(env, "RESOLV_CONF", "/etc/resolv.conf"),
         drive_inputs=InputPaths(
             userdata=_abs_path(env, "USERDATA_PATH", "/userdata"),
@@ -308,10 +333,62 @@ def _drive_format(raw: str) -> DriveFormat | None:
     raise ConfigError.bad_value("CONFIG_DRIVE_FORMAT", raw, "one of configdrive, nocloud, none")
 
 
-def _ifname(raw: str) -> str:
-    if not _IFNAME_RE.match(raw):
-        raise ConfigError.bad_value("POD_IFACE", raw, "a network interface name such as eth0")
+def _ifname(name: str, raw: str) -> str:
+    if not _IFNAME_RE.match(raw) or raw.startswith("kvm"):
+        raise ConfigError.bad_value(
+            name, raw, "a network interface name such as eth0 (kvm* names are kvm-manager's)"
+        )
     return raw
+
+
+def _attachments(raw: str, pod_iface: str, mode: NetMode) -> tuple[Attachment, ...] | None:
+    """`eth0:nat net1:bridge`, `eth0 net1` (NET_MODE for each), or `all`."""
+    if raw.lower() == "all":
+        return None
+    if not raw:
+        return (Attachment(pod_iface, mode),)
+    found: dict[str, Attachment] = {}
+    for item in raw.replace(",", " ").split():
+        name, _, given = item.partition(":")
+        iface = _ifname("ATTACH_IFACES", name)
+        if iface in found:
+            raise ConfigError.bad_value(
+                "ATTACH_IFACES", raw, f"each interface once ({iface} twice)"
+            )
+        found[iface] = Attachment(
+            iface, _choice("ATTACH_IFACES", given, NET_MODES) if given else mode
+        )
+    return tuple(found.values())
+
+
+def _network(name: str, raw: str) -> IPv4Network | None:
+    if not raw:
+        return None
+    try:
+        return IPv4Network(raw, strict=False)
+    except ValueError:
+        raise ConfigError.bad_value(name, raw, "an IPv4 network such as 10.244.0.0/16") from None
+
+
+def _ipv6(name: str, raw: str) -> IPv6Address:
+    try:
+        address = IPv6Address(raw)
+    except ValueError:
+        raise ConfigError.bad_value(name, raw, "an IPv6 address such as fd00:6b76:6d::2") from None
+    network = IPv6Network(f"{address}/64", strict=False)
+    if (
+        address.is_link_local
+        or address.is_multicast
+        or address
+        in (
+            network.network_address,
+            network.network_address + 1,  # the bridge's, the VM's router
+        )
+    ):
+        raise ConfigError.bad_value(
+            name, raw, "a unicast IPv6 address, not link-local, nor ::0 or ::1 of its /64"
+        )
+    return address
 
 
 def _port_specs(raw: str) -> tuple[PortSpec, ...]:

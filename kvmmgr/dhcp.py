@@ -1,15 +1,17 @@
-"""dnsmasq as the VM's DHCP server: its configuration (pure) and its process."""
+"""dnsmasq as the VM's DHCP server, for every NIC: its configuration (pure) and its process."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
 
 from kvmmgr import proc
 from kvmmgr.errors import StepError
 from kvmmgr.files import write_atomic
+from kvmmgr.nics import NatLink, NicPlan
+from kvmmgr.pod import PodDns
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +28,9 @@ class DhcpPlan:
 def build_dhcp(
     *,
     run_dir: Path,
-    bridge: str,
-    vm_ip: IPv4Address,
-    vm_gw: IPv4Address,
-    netmask: IPv4Address,
-    mac: str,
+    nics: Sequence[NicPlan],
     hostname: str,
-    nameservers: tuple[IPv4Address, ...],
-    search: tuple[str, ...],
-    mtu: int,
+    dns: PodDns,
     verbose: bool,
     log_to_file: bool,
     extra_args: tuple[str, ...],
@@ -51,23 +47,21 @@ def build_dhcp(
         # (and replacing it after a restart, KILL); the container is the sandbox.
         "user=root",
         "group=",  # empty: no group switch (the default, dip, calls setgroups)
-        f"interface={bridge}",
         "bind-interfaces",
         "except-interface=lo",
         "no-resolv",
         "no-hosts",
         "dhcp-authoritative",
-        f"dhcp-range={vm_ip},static,{netmask},infinite",
-        f"dhcp-host={mac},{vm_ip},{hostname},infinite",
-        f"dhcp-option=option:router,{vm_gw}",
-        # An empty option means "send none": dnsmasq would otherwise offer itself as DNS.
-        "dhcp-option=option:dns-server" + "".join(f",{ns}" for ns in nameservers),
+        "dhcp-ignore=tag:!known",  # the VM's own NICs, nothing else
     ]
-    if search:
-        lines.append("dhcp-option=option:domain-search," + ",".join(search))
-        lines.append(f"dhcp-option=option:domain-name,{search[0]}")
+    for nic in nics:
+        lines += _nic_lines(nic, hostname, dns)
+    # An empty option means "send none": dnsmasq would otherwise offer itself as DNS.
+    lines.append("dhcp-option=option:dns-server" + "".join(f",{ns}" for ns in dns.nameservers))
+    if dns.search:
+        lines.append("dhcp-option=option:domain-search," + ",".join(dns.search))
+        lines.append(f"dhcp-option=option:domain-name,{dns.search[0]}")
     lines += [
-        f"dhcp-option=option:mtu,{mtu}",
         f"dhcp-leasefile={lease_file}",
         f"pid-file={pid_file}",
         # stderr is the container log; dnsmasq then keeps a copy of it after it forks
@@ -77,6 +71,39 @@ def build_dhcp(
         lines.append("log-dhcp")
     argv = ("dnsmasq", f"--conf-file={config_file}", *extra_args)
     return DhcpPlan(config_file, pid_file, lease_file, tuple(lines), argv)
+
+
+def _nic_lines(nic: NicPlan, hostname: str, dns: PodDns) -> list[str]:
+    guest, tag = nic.guest, f"nic{nic.index}"
+    lines = [f"interface={nic.dhcp_link}"]
+    if not isinstance(nic.link, NatLink):
+        # The server has only a link-local address there: the VM's subnet is declared shared.
+        lines.append(f"shared-network={nic.dhcp_link},{guest.address.ip}")
+    lines.append(f"dhcp-range=set:{tag},{guest.address.ip},static,{guest.address.netmask},infinite")
+    six = f",[{guest.address6.ip}]" if guest.address6 else ""
+    lines.append(f"dhcp-host={guest.mac},set:{tag},{guest.address.ip}{six},{hostname},infinite")
+    # No router for a NIC without the default route: dnsmasq would offer itself.
+    lines.append(
+        f"dhcp-option=tag:{tag},option:router" + (f",{guest.router}" if guest.router else "")
+    )
+    if guest.routes:
+        routes = ",".join(f"{r.destination},{r.gateway or '0.0.0.0'}" for r in guest.routes)
+        lines.append(f"dhcp-option=tag:{tag},option:classless-static-route,{routes}")
+        lines.append(f"dhcp-option=tag:{tag},249,{routes}")  # the same, for Windows guests
+    lines.append(f"dhcp-option=tag:{tag},option:mtu,{guest.mtu}")
+    if guest.address6 is not None and isinstance(nic.link, NatLink):
+        # Router advertisements (the default route, M flag) and DHCPv6 for VM_IP6.
+        lines += [
+            "enable-ra",
+            f"ra-param={nic.link.bridge},10,1800",
+            f"dhcp-range=set:{tag}v6,{guest.address6.ip},{guest.address6.ip},64,infinite",
+        ]
+        if dns.nameservers6:
+            servers = ",".join(f"[{ns}]" for ns in dns.nameservers6)
+            lines.append(f"dhcp-option=tag:{tag}v6,option6:dns-server,{servers}")
+        if dns.search:
+            lines.append(f"dhcp-option=tag:{tag}v6,option6:domain-search," + ",".join(dns.search))
+    return lines
 
 
 def apply_dhcp(plan: DhcpPlan) -> int:

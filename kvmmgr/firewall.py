@@ -13,22 +13,24 @@ import fcntl
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Literal
 
 from kvmmgr.config import PortSpec
 from kvmmgr.errors import StepError
+from kvmmgr.nics import NatLink, NicPlan
 
 PREFIX = "KVMMGR-"
-DNAT_CHAIN = PREFIX + "DNAT"
 VNC_PORT = 5900
 XTABLES_LOCK = "/run/xtables.lock"  # the lock the iptables commands take; we take it too
+Family = Literal[4, 6]
+TABLES: tuple[tuple[Family, str], ...] = ((4, "nat"), (4, "filter"), (6, "nat"), (6, "filter"))
 
 Rule = str  # in iptables-save syntax; no value holds a space
 
 
 @dataclass(frozen=True)
 class Chain:
+    family: Family  # iptables (4) or ip6tables (6)
     table: str
     name: str
     hook: str | None  # the built-in chain that jumps here; None for a chain only we jump to
@@ -41,62 +43,108 @@ class FirewallPlan:
     kept: tuple[str, ...]  # what is not forwarded to the VM, e.g. tcp/5900
 
     @property
-    def tables(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(chain.table for chain in self.chains))
+    def tables(self) -> tuple[tuple[Family, str], ...]:
+        return tuple(dict.fromkeys((chain.family, chain.table) for chain in self.chains))
 
-    def save_lines(self, table: str) -> list[str]:
-        """Our part of `iptables-save -t TABLE`, in the order iptables-save prints it."""
-        chains = [chain for chain in self.chains if chain.table == table]
+    def save_lines(self, table: str, family: Family = 4) -> list[str]:
+        """Our part of `ip(6)tables-save -t TABLE`, in the order it prints it."""
+        chains = [c for c in self.chains if (c.family, c.table) == (family, table)]
         jumps = [f"-A {c.hook} -j {c.name}" for c in chains if c.hook]
         rules = [f"-A {c.name} {rule}" for c in chains for rule in c.rules]
         return jumps + rules
 
 
 def build_firewall(
-    *,
-    pod_iface: str,
-    pod_ip: IPv4Address,
-    vm_ip: IPv4Address,
-    vm_gw: IPv4Address,
-    bridge: str,
-    keep_vnc: bool,
-    exclude: Sequence[PortSpec],
+    *, nics: Sequence[NicPlan], keep_vnc: bool, exclude: Sequence[PortSpec]
 ) -> FirewallPlan:
-    """The whole rule set for NAT mode."""
-    vm = f"{vm_ip}/32"
+    """The rule set of every NIC: DNAT/SNAT for the NAT ones (IPv6 too on a dual-stack pod),
+    and nothing but DHCP into the container from the VM's side in the other modes."""
     kept = ([PortSpec("tcp", VNC_PORT, VNC_PORT)] if keep_vnc else []) + list(exclude)
-    filter_input = [
+    rules = _Rules(tuple(_return_for(spec) for spec in kept), keep_vnc)
+    nat = [(nic, nic.link) for nic in nics if isinstance(nic.link, NatLink)]
+    for nic, link in nat:
+        rules.nat4(nic, link)
+        if link.gateway6 is not None and link.pod_address6 is not None and nic.guest.address6:
+            rules.nat6(nic, link)
+    if nat:
+        rules.loopback(*nat[0])
+    for nic in nics:
+        if not isinstance(nic.link, NatLink):
+            # The container is only the VM's DHCP server here.
+            rules.add(
+                4, "filter", "INPUT", f"-i {nic.dhcp_link} -p udp -m udp --dport 67 -j RETURN"
+            )
+            rules.add(4, "filter", "INPUT", f"-i {nic.dhcp_link} -j DROP")
+    return FirewallPlan(rules.chains(), tuple(str(spec) for spec in kept))
+
+
+class _Rules:
+    """Rules collected per built-in chain (each gets one KVMMGR- chain), plus the DNAT
+    chains the hooks jump to."""
+
+    HOOK_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+    def __init__(self, returns: tuple[Rule, ...], keep_vnc: bool) -> None:
+        self.returns = returns  # the kept ports: RETURN before the DNAT
+        self.keep_vnc = keep_vnc
+        self.hooked: dict[tuple[Family, str, str], list[Rule]] = {}
+        self.own: list[Chain] = []
+
+    def add(self, family: Family, table: str, hook: str, *rules: Rule) -> None:
+        self.hooked.setdefault((family, table, hook), []).extend(rules)
+
+    def nat4(self, nic: NicPlan, link: NatLink) -> None:
+        iface, vm, pod = nic.pod.name, nic.guest.address.ip, link.pod_address.ip
+        dnat = f"{PREFIX}DNAT-{iface}"
+        self.add(4, "nat", "PREROUTING", f"-d {pod}/32 -i {iface} -j {dnat}")
+        self.own.append(
+            Chain(4, "nat", dnat, None, (*self.returns, f"-j DNAT --to-destination {vm}"))
+        )
+        self.add(4, "nat", "POSTROUTING", f"-s {vm}/32 -o {iface} -j SNAT --to-source {pod}")
         # route_localnet (needed for the loopback DNAT) would otherwise let the VM reach
         # services bound to the pod's 127.0.0.1: only replies may come in that way.
-        f"-d 127.0.0.0/8 -i {bridge} -m conntrack ! --ctstate RELATED,ESTABLISHED -j DROP",
-    ]
-    if keep_vnc:
-        # QEMU's VNC listens on every pod address; it is for the pod's side, not the VM's.
-        filter_input.append(f"-i {bridge} -p tcp -m tcp --dport {VNC_PORT} -j DROP")
-    chains = [
-        Chain("nat", PREFIX + "PREROUTING", "PREROUTING", (
-            f"-d {pod_ip}/32 -i {pod_iface} -j {DNAT_CHAIN}",
-        )),
-        # `kubectl port-forward` connects to 127.0.0.1 inside the pod: that is the VM too.
-        Chain("nat", PREFIX + "OUTPUT", "OUTPUT", (
-            f"-d 127.0.0.1/32 -j {DNAT_CHAIN}",
-        )),
-        Chain("nat", DNAT_CHAIN, None, (
-            *(_return_for(spec) for spec in kept),
-            f"-j DNAT --to-destination {vm_ip}",
-        )),
-        Chain("nat", PREFIX + "POSTROUTING", "POSTROUTING", (
-            f"-s {vm} -o {pod_iface} -j SNAT --to-source {pod_ip}",
-            # Loopback-sourced packets cannot leave the pod: the VM sees its gateway instead.
-            f"-s 127.0.0.0/8 -d {vm} -o {bridge} -j SNAT --to-source {vm_gw}",
-        )),
-        Chain("filter", PREFIX + "INPUT", "INPUT", tuple(filter_input)),
-        Chain("filter", PREFIX + "FORWARD", "FORWARD", (
-            # The VM may only send from its own address.
-            f"! -s {vm} -i {bridge} -j DROP",
-        )),
-    ]  # fmt: skip
-    return FirewallPlan(tuple(chains), tuple(str(spec) for spec in kept))
+        established = "-m conntrack ! --ctstate RELATED,ESTABLISHED"
+        self.add(4, "filter", "INPUT", f"-d 127.0.0.0/8 -i {link.bridge} {established} -j DROP")
+        self._private_vnc(4, link.bridge)
+        self.add(4, "filter", "FORWARD", f"! -s {vm}/32 -i {link.bridge} -j DROP")  # no spoofing
+
+    def nat6(self, nic: NicPlan, link: NatLink) -> None:
+        assert nic.guest.address6 is not None and link.pod_address6 is not None
+        iface, vm, pod = nic.pod.name, nic.guest.address6.ip, link.pod_address6.ip
+        dnat = f"{PREFIX}DNAT-{iface}"
+        self.add(6, "nat", "PREROUTING", f"-d {pod}/128 -i {iface} -j {dnat}")
+        self.own.append(
+            Chain(6, "nat", dnat, None, (*self.returns, f"-j DNAT --to-destination {vm}"))
+        )
+        self.add(6, "nat", "POSTROUTING", f"-s {vm}/128 -o {iface} -j SNAT --to-source {pod}")
+        self._private_vnc(6, link.bridge)
+        self.add(6, "filter", "FORWARD", f"! -s {vm}/128 -i {link.bridge} -j DROP")
+
+    def loopback(self, nic: NicPlan, link: NatLink) -> None:
+        """`kubectl port-forward` connects to 127.0.0.1 inside the pod: that is this NIC's VM
+        too. Loopback-sourced packets cannot leave the pod: the VM sees its gateway instead."""
+        self.add(4, "nat", "OUTPUT", f"-d 127.0.0.1/32 -j {PREFIX}DNAT-{nic.pod.name}")
+        vm, gateway = nic.guest.address.ip, link.gateway.ip
+        masquerade = f"-s 127.0.0.0/8 -d {vm}/32 -o {link.bridge} -j SNAT --to-source {gateway}"
+        self.add(4, "nat", "POSTROUTING", masquerade)
+
+    def _private_vnc(self, family: Family, bridge: str) -> None:
+        """QEMU's VNC listens on every pod address: it is for the pod's side, not the VM's."""
+        if self.keep_vnc:
+            self.add(
+                family, "filter", "INPUT", f"-i {bridge} -p tcp -m tcp --dport {VNC_PORT} -j DROP"
+            )
+
+    def chains(self) -> tuple[Chain, ...]:
+        """By family and table, hooked chains in hook order, then the DNAT chains."""
+        hooked = [
+            Chain(family, table, f"{PREFIX}{hook}", hook, tuple(rules))
+            for (family, table, hook), rules in self.hooked.items()
+        ]
+        order = {hook: n for n, hook in enumerate(self.HOOK_ORDER)}
+        hooked.sort(key=lambda c: (c.family, c.table != "nat", order[c.hook or ""]))
+        own = sorted(self.own, key=lambda c: (c.family, c.name))
+        return tuple(hooked + own)
 
 
 def _return_for(spec: PortSpec) -> Rule:
@@ -105,26 +153,35 @@ def _return_for(spec: PortSpec) -> Rule:
 
 
 def apply_firewall(plan: FirewallPlan) -> None:
-    """Install the plan: one atomic commit per table; chains no longer planned are removed."""
+    """Install the plan: one atomic commit per table; chains no longer planned are removed
+    (also from a table the plan no longer uses at all, such as ip6tables' after a pod lost
+    its IPv6)."""
     import iptc  # imported here: its import probes the system and takes a fraction of a second
 
     with _xtables_lock():
-        for table_name in plan.tables:
-            chains = [chain for chain in plan.chains if chain.table == table_name]
-            table = iptc.Table(table_name)
+        for family, table_name in TABLES:
+            chains = [c for c in plan.chains if (c.family, c.table) == (family, table_name)]
+            try:
+                table = (iptc.Table if family == 4 else iptc.Table6)(table_name)
+            except iptc.IPTCError as exc:
+                if not chains:
+                    continue  # e.g. no ip6tables nat in this kernel, and nothing planned there
+                raise StepError(f"cannot open the IPv{family} {table_name} table: {exc}") from exc
             table.autocommit = False
             table.refresh()
             try:
-                _fill_table(iptc, table, chains)
+                _fill_table(iptc, table, chains, family)
                 table.commit()
             except (iptc.IPTCError, iptc.xtables.XTablesError, ValueError) as exc:
                 table.refresh()  # drop the uncommitted changes
-                raise StepError(f"could not install the {table_name} table rules: {exc}") from exc
+                raise StepError(
+                    f"could not install the IPv{family} {table_name} table rules: {exc}"
+                ) from exc
             finally:
                 table.autocommit = True
 
 
-def _fill_table(iptc: Any, table: Any, chains: list[Chain]) -> None:
+def _fill_table(iptc: Any, table: Any, chains: list[Chain], family: Family) -> None:
     planned = {chain.name for chain in chains}
     for chain in chains:  # all first: rules may jump to a chain planned after theirs
         if not table.is_chain(chain.name):
@@ -133,10 +190,10 @@ def _fill_table(iptc: Any, table: Any, chains: list[Chain]) -> None:
         ours = iptc.Chain(table, chain.name)
         ours.flush()
         for tokens in chain.rules:
-            ours.append_rule(_to_iptc(iptc, tokens))
+            ours.append_rule(_to_iptc(iptc, tokens, family))
     for chain in chains:
         if chain.hook:
-            _ensure_single_jump(iptc, iptc.Chain(table, chain.hook), chain.name)
+            _ensure_single_jump(iptc, iptc.Chain(table, chain.hook), chain.name, family)
     # Chains of ours that the plan no longer has: unhook, flush, delete.
     stale = [c.name for c in table.chains if c.name.startswith(PREFIX) and c.name not in planned]
     for builtin in table.chains:
@@ -150,27 +207,34 @@ def _fill_table(iptc: Any, table: Any, chains: list[Chain]) -> None:
         table.delete_chain(name)
 
 
-def _ensure_single_jump(iptc: Any, hook: Any, target: str) -> None:
+def _ensure_single_jump(iptc: Any, hook: Any, target: str, family: Family) -> None:
     jumps = [rule for rule in hook.rules if rule.target.name == target]
     plain = [rule for rule in jumps if _is_plain_jump(rule)]
     if len(jumps) == 1 and plain:
         return
     for rule in jumps:
         hook.delete_rule(rule)
-    jump = iptc.Rule()
+    jump = _new_rule(iptc, family)
     jump.create_target(target)
     hook.insert_rule(jump)
+
+
+ANY = {"0.0.0.0/0.0.0.0", "0.0.0.0/0", "::/0"}
 
 
 def _is_plain_jump(rule: Any) -> bool:
     return bool(
         not rule.matches
-        and rule.src in {"0.0.0.0/0.0.0.0", "0.0.0.0/0"}
-        and rule.dst in {"0.0.0.0/0.0.0.0", "0.0.0.0/0"}
+        and rule.src in ANY
+        and rule.dst in ANY
         and not rule.in_interface
         and not rule.out_interface
-        and rule.protocol in {"ip", "all", None, ""}
+        and rule.protocol in {"ip", "ipv6", "all", None, ""}
     )
+
+
+def _new_rule(iptc: Any, family: Family) -> Any:
+    return iptc.Rule() if family == 4 else iptc.Rule6()
 
 
 _RULE_FIELDS = {
@@ -182,10 +246,10 @@ _RULE_FIELDS = {
 }
 
 
-def _to_iptc(iptc: Any, text: Rule) -> Any:
-    """Translate one rule in iptables-save syntax into a python-iptables Rule."""
+def _to_iptc(iptc: Any, text: Rule, family: Family = 4) -> Any:
+    """Translate one rule in ip(6)tables-save syntax into a python-iptables Rule(6)."""
     tokens = text.split()
-    rule = iptc.Rule()
+    rule = _new_rule(iptc, family)
     current: Any = None  # the match or target that `--option value` pairs belong to
     negate = False
     i = 0

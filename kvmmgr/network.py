@@ -1,4 +1,4 @@
-"""The VM's side of the pod network: a bridge holding the gateway address and a tap for QEMU.
+"""The VM's side of the pod network, one NIC at a time (nics.py says what each one is).
 
 Ensure-style: objects that exist with the right kind are reused and corrected, objects of the
 wrong kind under our names are an error (never silently replaced), missing ones are created.
@@ -7,15 +7,18 @@ wrong kind under our names are an error (never silently replaced), missing ones 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Any
 
 from kvmmgr.errors import StepError
+from kvmmgr.nics import BridgeLink, MacvtapLink, NatLink, NicPlan
 
 TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE of a tap (layer 2) device, as opposed to tun (1)
+IFA_F_NODAD = 0x02
 
 
 @dataclass(frozen=True)
@@ -30,30 +33,30 @@ class Sysctl:
 
 @dataclass(frozen=True)
 class NetworkPlan:
-    bridge: str
-    tap: str
-    gateway: IPv4Interface  # VM_GW/30, on the bridge
-    mtu: int
+    nics: tuple[NicPlan, ...]
     sysctls: tuple[Sysctl, ...]
 
 
-def build_network(*, bridge: str, tap: str, gateway: IPv4Interface, mtu: int) -> NetworkPlan:
-    return NetworkPlan(
-        bridge=bridge,
-        tap=tap,
-        gateway=gateway,
-        mtu=mtu,
-        sysctls=(
-            Sysctl(("net/ipv4/ip_forward",), "1"),
-            # Lets the OUTPUT DNAT send 127.0.0.1-sourced packets (kubectl port-forward) to the
-            # VM; the firewall then drops what the VM sends to 127.0.0.0/8. The kernel honours
-            # the bridge's own setting or the `all` one.
+def build_network(nics: tuple[NicPlan, ...]) -> NetworkPlan:
+    sysctls = []
+    nat = [nic.link for nic in nics if isinstance(nic.link, NatLink)]
+    if nat:
+        sysctls.append(Sysctl(("net/ipv4/ip_forward",), "1"))
+        # Lets the OUTPUT DNAT send 127.0.0.1-sourced packets (kubectl port-forward) to the
+        # first NAT NIC; the firewall then drops what the VM sends to 127.0.0.0/8. The kernel
+        # honours the bridge's own setting or the `all` one.
+        sysctls.append(
             Sysctl(
-                (f"net/ipv4/conf/{bridge}/route_localnet", "net/ipv4/conf/all/route_localnet"),
+                (
+                    f"net/ipv4/conf/{nat[0].bridge}/route_localnet",
+                    "net/ipv4/conf/all/route_localnet",
+                ),
                 "1",
-            ),
-        ),
-    )
+            )
+        )
+        if any(link.gateway6 for link in nat):
+            sysctls.append(Sysctl(("net/ipv6/conf/all/forwarding",), "1"))
+    return NetworkPlan(nics, tuple(sysctls))
 
 
 def apply_network(plan: NetworkPlan) -> None:
@@ -62,19 +65,83 @@ def apply_network(plan: NetworkPlan) -> None:
 
     try:
         with IPRoute() as ipr:
-            bridge = _ensure_link(ipr, plan.bridge, "bridge", {})
-            tap = _ensure_link(ipr, plan.tap, "tun", {"mode": "tap"})
-            ipr.link("set", index=tap, mtu=plan.mtu)
-            ipr.link("set", index=tap, master=bridge, state="up")
-            ipr.link("set", index=bridge, mtu=plan.mtu, state="up")
-            _ensure_only_address(ipr, bridge, plan.bridge, plan.gateway)
+            for nic in plan.nics:
+                if isinstance(nic.link, NatLink):
+                    _nat(ipr, nic, nic.link)
+                elif isinstance(nic.link, BridgeLink):
+                    _bridge(ipr, nic, nic.link)
+                else:
+                    _macvtap(ipr, nic, nic.link)
     except NetlinkError as exc:
         raise StepError(f"network setup failed: {exc.args[-1]} (errno {exc.code})") from exc
     for sysctl in plan.sysctls:
         _ensure_sysctl(sysctl)
 
 
-def _ensure_link(ipr: Any, name: str, kind: str, options: dict[str, str]) -> int:
+def _nat(ipr: Any, nic: NicPlan, link: NatLink) -> None:
+    """A bridge holding the VM's gateway address(es), and the VM's tap on it."""
+    bridge = _ensure_bridge_with_tap(ipr, link.bridge, link.tap, nic.guest.mtu)
+    _ensure_only_address(ipr, bridge, link.bridge, link.gateway)
+    if link.gateway6 is not None:
+        _ensure_address6(ipr, bridge, link.bridge, link.gateway6)
+
+
+def _bridge(ipr: Any, nic: NicPlan, link: BridgeLink) -> None:
+    """The pod interface and the VM's tap on one bridge; the container keeps a link-local
+    address on it, for its DHCP server."""
+    pod = _take_identity(ipr, nic)
+    bridge = _ensure_bridge_with_tap(ipr, link.bridge, link.tap, nic.guest.mtu)
+    ipr.link("set", index=pod, master=bridge, state="up")
+    _ensure_only_address(ipr, bridge, link.bridge, link.server)
+
+
+def _macvtap(ipr: Any, nic: NicPlan, link: MacvtapLink) -> None:
+    """A macvtap on the pod interface with the pod's MAC (QEMU opens its device), and a
+    macvlan beside it for the container's DHCP server: macvlan siblings in bridge mode reach
+    each other, not the lower device itself."""
+    pod = _take_identity(ipr, nic)
+    options = {"link": pod, "macvtap_mode": "bridge"}
+    vtap = _ensure_link(ipr, link.macvtap, "macvtap", options)
+    ipr.link("set", index=vtap, address=nic.guest.mac, mtu=nic.guest.mtu, state="up")
+    server = _ensure_link(ipr, link.server_link, "macvlan", {"link": pod, "macvlan_mode": "bridge"})
+    ipr.link("set", index=server, mtu=nic.guest.mtu, state="up")
+    _ensure_only_address(ipr, server, link.server_link, link.server)
+
+
+def _take_identity(ipr: Any, nic: NicPlan) -> int:
+    """The pod interface gives its IPv4 addresses and its MAC to the VM: it keeps no address
+    and gets a new random MAC (only once: while it still has the original one)."""
+    index = _lookup(ipr, nic.pod.name)
+    if index is None:
+        raise StepError(f"the pod interface {nic.pod.name!r} is gone")
+    for msg in ipr.get_addr(family=socket.AF_INET, index=index):
+        ipr.addr(
+            "del", index=index, address=msg.get_attr("IFA_ADDRESS"), prefixlen=msg["prefixlen"]
+        )
+    current = str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+    if current.lower() == nic.pod.mac.lower():
+        ipr.link("set", index=index, state="down")  # not every driver changes it live
+        ipr.link("set", index=index, address=random_mac())
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def random_mac() -> str:
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{octet:02x}" for octet in octets)
+
+
+def _ensure_bridge_with_tap(ipr: Any, bridge_name: str, tap_name: str, mtu: int) -> int:
+    bridge = _ensure_link(ipr, bridge_name, "bridge", {})
+    tap = _ensure_link(ipr, tap_name, "tun", {"mode": "tap"})
+    ipr.link("set", index=tap, mtu=mtu)
+    ipr.link("set", index=tap, master=bridge, state="up")
+    ipr.link("set", index=bridge, mtu=mtu, state="up")
+    return bridge
+
+
+def _ensure_link(ipr: Any, name: str, kind: str, options: dict[str, object]) -> int:
     from pyroute2.netlink.exceptions import NetlinkError
 
     index = _lookup(ipr, name)
@@ -116,6 +183,24 @@ def _ensure_only_address(ipr: Any, index: int, name: str, wanted: IPv4Interface)
     if wanted not in present:
         try:
             ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+        except Exception as exc:
+            raise StepError(f"could not add address {wanted} to {name!r}: {exc}") from exc
+
+
+def _ensure_address6(ipr: Any, index: int, name: str, wanted: IPv6Interface) -> None:
+    present = {
+        IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+        for msg in ipr.get_addr(family=socket.AF_INET6, index=index)
+    }
+    if wanted not in present:
+        try:  # no duplicate address detection: the /64 is the VM's and ours alone
+            ipr.addr(
+                "add",
+                index=index,
+                address=str(wanted.ip),
+                prefixlen=wanted.network.prefixlen,
+                flags=IFA_F_NODAD,
+            )
         except Exception as exc:
             raise StepError(f"could not add address {wanted} to {name!r}: {exc}") from exc
 

@@ -16,15 +16,15 @@ from kvmmgr.cloudconfig import GuestNetwork
 from kvmmgr.config import Settings
 from kvmmgr.configdrive import ConfigDrivePlan, DriveInputs, build_config_drive
 from kvmmgr.dhcp import DhcpPlan, build_dhcp
+from kvmmgr.dhcpguard import GuardPlan, build_guard
 from kvmmgr.errors import ConfigError
 from kvmmgr.firewall import FirewallPlan, build_firewall
 from kvmmgr.image import DiskPlan, build_disks
 from kvmmgr.network import NetworkPlan, build_network
+from kvmmgr.nics import NicPlan, build_nics
 from kvmmgr.pod import PodFacts
 from kvmmgr.qemu import QemuPlan, build_qemu
 
-BRIDGE = "kvmbr0"
-TAP = "kvmtap0"
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_CPUS = 1
 QEMU_OVERHEAD_MIB = 256  # left to QEMU itself when the VM's size follows the memory limit
@@ -34,10 +34,6 @@ MIN_MEMORY_MIB = 64
 @dataclass(frozen=True)
 class VmPlan:
     hostname: str
-    ip: IPv4Address
-    gateway: IPv4Address
-    netmask: IPv4Address
-    mac: str
     memory_mib: int
     cpus: int
     accel: Literal["kvm", "tcg"]
@@ -46,12 +42,13 @@ class VmPlan:
 @dataclass(frozen=True)
 class Plan:
     pod: PodFacts
-    pod_ip: IPv4Interface
     vm: VmPlan
+    nics: tuple[NicPlan, ...]
     disks: DiskPlan
     network: NetworkPlan
     firewall: FirewallPlan
     dhcp: DhcpPlan | None
+    dhcp_guard: GuardPlan | None  # bridge and macvtap NICs with DHCP on
     config_drive: ConfigDrivePlan | None
     qemu: QemuPlan
     notes: tuple[str, ...]  # decisions worth a warning in the log
@@ -75,69 +72,37 @@ def make_plan(
 ) -> Plan:
     """`exec_qemu` False: this process ends after setup instead of becoming QEMU."""
     notes: list[str] = []
-    pod_ip = _pod_address(settings, pod)
-    _check_no_overlap(settings, pod)
+    nics = build_nics(settings, pod, pod.hostname, notes)
     vm = VmPlan(
         hostname=pod.hostname,
-        ip=settings.vm_ip,
-        gateway=settings.vm_gw,
-        netmask=settings.vm_network.netmask,
-        mac=settings.vm_mac or derive_mac(pod.hostname),
         memory_mib=_memory(settings, pod, notes),
         cpus=settings.vm_cpus or pod.limits.cpus or DEFAULT_CPUS,
         accel=_accel(settings, pod, notes),
     )
-    if pod.dns.ignored:
-        notes.append(f"IPv6 nameservers not offered over DHCPv4: {', '.join(pod.dns.ignored)}")
     disks = disks_of(settings, pod.hostname)
-    network = build_network(
-        bridge=BRIDGE,
-        tap=TAP,
-        gateway=IPv4Interface(f"{settings.vm_gw}/{settings.vm_network.prefixlen}"),
-        mtu=pod.interface.mtu,
-    )
-    firewall = build_firewall(
-        pod_iface=pod.interface.name,
-        pod_ip=pod_ip.ip,
-        vm_ip=vm.ip,
-        vm_gw=vm.gateway,
-        bridge=BRIDGE,
-        keep_vnc=settings.vnc,
-        exclude=settings.nat_exclude,
-    )
-    dhcp = None
+    firewall = build_firewall(nics=nics, keep_vnc=settings.vnc, exclude=settings.nat_exclude)
+    dhcp = guard = None
     if settings.dhcp:
         dhcp = build_dhcp(
             run_dir=settings.run_dir,
-            bridge=BRIDGE,
-            vm_ip=vm.ip,
-            vm_gw=vm.gateway,
-            netmask=vm.netmask,
-            mac=vm.mac,
+            nics=nics,
             hostname=vm.hostname,
-            nameservers=pod.dns.nameservers,
-            search=pod.dns.search,
-            mtu=pod.interface.mtu,
+            dns=pod.dns,
             verbose=settings.debug,
             log_to_file=not exec_qemu,
             extra_args=settings.dnsmasq_opts,
         )
+        shared = [nic.pod.name for nic in nics if nic.mode != "nat"]
+        guard = build_guard(shared) if shared else None
     config_drive = None
     if settings.config_drive_format is not None:
-        guest_network = GuestNetwork(
-            mac=vm.mac,
-            address=IPv4Interface(f"{vm.ip}/{settings.vm_network.prefixlen}"),
-            gateway=vm.gateway,
-            nameservers=pod.dns.nameservers,
-            search=pod.dns.search,
-            mtu=pod.interface.mtu,
-        )
+        guest = GuestNetwork(tuple(nic.guest for nic in nics), pod.dns.nameservers, pod.dns.search)
         config_drive = build_config_drive(
             drive_format=settings.config_drive_format,
             iso=settings.run_dir / "config-drive.iso",
             hostname=pod.hostname,
             inputs=inputs,
-            network=guest_network,
+            network=guest,
             networkdata_path=settings.drive_inputs.networkdata,
         )
     qemu = build_qemu(
@@ -147,15 +112,26 @@ def make_plan(
         cpus=vm.cpus,
         overlay=disks.overlay,
         config_drive=config_drive.iso if config_drive else None,
-        tap=TAP,
-        mac=vm.mac,
+        nics=nics,
         vhost=pod.devices.vhost_net,
         vnc=settings.vnc,
         vnc_password=settings.vnc_password is not None,
         run_dir=settings.run_dir,
         extra_args=extra_qemu_args,
     )
-    return Plan(pod, pod_ip, vm, disks, network, firewall, dhcp, config_drive, qemu, tuple(notes))
+    return Plan(
+        pod=pod,
+        vm=vm,
+        nics=nics,
+        disks=disks,
+        network=build_network(nics),
+        firewall=firewall,
+        dhcp=dhcp,
+        dhcp_guard=guard,
+        config_drive=config_drive,
+        qemu=qemu,
+        notes=tuple(notes),
+    )
 
 
 def disks_of(settings: Settings, hostname: str) -> DiskPlan:
@@ -169,47 +145,6 @@ def disks_of(settings: Settings, hostname: str) -> DiskPlan:
         retries=settings.img_retries,
         ca_bundle=settings.img_ca_bundle,
     )
-
-
-def derive_mac(hostname: str) -> str:
-    """A stable MAC for the hostname: locally administered (bit 1 set), unicast (bit 0 clear),
-    so it never collides with a vendor's address and survives every restart."""
-    octets = bytearray(hashlib.sha256(b"kvm-manager:" + hostname.encode()).digest()[:6])
-    octets[0] = (octets[0] & 0xFC) | 0x02
-    return ":".join(f"{octet:02x}" for octet in octets)
-
-
-def _pod_address(settings: Settings, pod: PodFacts) -> IPv4Interface:
-    addresses = pod.interface.addresses
-    if not addresses:
-        raise ConfigError.bad_value(
-            "POD_IFACE", pod.interface.name, "an interface with an IPv4 address (it has none)"
-        )
-    if settings.pod_ip is None:
-        return addresses[0]
-    for address in addresses:
-        if address.ip == settings.pod_ip:
-            return address
-    listed = ", ".join(str(a.ip) for a in addresses)
-    raise ConfigError.bad_value(
-        "POD_IP", str(settings.pod_ip), f"one of the addresses of {pod.interface.name}: {listed}"
-    )
-
-
-def _check_no_overlap(settings: Settings, pod: PodFacts) -> None:
-    vm_net = settings.vm_network
-    taken: list[tuple[IPv4Network, str]] = [
-        (address.network, f"the pod's network on {pod.interface.name}")
-        for address in pod.interface.addresses
-    ]
-    taken += [(route, "a route of the pod") for route in pod.routes.destinations]
-    for network, what in taken:
-        if vm_net.overlaps(network):
-            raise ConfigError.bad_value(
-                "VM_IP",
-                str(settings.vm_ip),
-                f"a /30 outside the pod's networks, but {vm_net} overlaps {what} {network}",
-            )
 
 
 def _memory(settings: Settings, pod: PodFacts, notes: list[str]) -> int:

@@ -8,38 +8,63 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    ip_address,
+)
 from pathlib import Path
+from typing import Any
 
-from kvmmgr.config import Settings, check_hostname
+from kvmmgr.config import Attachment, Settings, check_hostname
 from kvmmgr.errors import ConfigError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+OUR_PREFIX = "kvm"  # kvmbr0, kvmtap0, kvmvtap1...: links kvm-manager made
+FORGOTTEN = "pod-interfaces.json"  # podmemory.FILE_NAME (which imports this module)
+RTPROT_KERNEL = 2  # routes the kernel adds for an address's own subnet
 UNLIMITED_BYTES = 1 << 60  # cgroup v1 reports "no limit" as a huge page-aligned number
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """An IPv4 route through a pod interface; gateway None: on-link (scope link)."""
+
+    destination: IPv4Network
+    gateway: IPv4Address | None
+
+    @property
+    def is_default(self) -> bool:
+        return self.destination.prefixlen == 0
 
 
 @dataclass(frozen=True)
 class PodInterface:
     name: str
+    index: int
     addresses: tuple[IPv4Interface, ...]
+    addresses6: tuple[IPv6Interface, ...]  # global scope only
     mac: str
     mtu: int
+    routes: tuple[Route, ...]  # through this interface, but the kernel's connected ones
+    gateway6: IPv6Address | None  # the IPv6 default route's, when it goes through here
+    remembered: bool = False  # as found before kvm-manager took it over (podmemory.py)
 
-
-@dataclass(frozen=True)
-class PodRoutes:
-    gateway: IPv4Address | None
-    # Destinations of every other IPv4 route (not the default, not via our bridge): a VM /30
-    # that overlaps one of them would shadow part of the pod's network.
-    destinations: tuple[IPv4Network, ...]
+    @property
+    def gateway(self) -> IPv4Address | None:
+        return next((r.gateway for r in self.routes if r.is_default), None)
 
 
 @dataclass(frozen=True)
 class PodDns:
     nameservers: tuple[IPv4Address, ...]
     search: tuple[str, ...]
-    ignored: tuple[str, ...]  # nameservers DHCPv4 cannot carry (IPv6)
+    nameservers6: tuple[IPv6Address, ...]  # given to the VM over DHCPv6 only
 
 
 @dataclass(frozen=True)
@@ -57,20 +82,25 @@ class Devices:
 @dataclass(frozen=True)
 class PodFacts:
     hostname: str
-    interface: PodInterface
-    routes: PodRoutes
+    interfaces: tuple[PodInterface, ...]  # the ones given to the VM, in order
+    networks: tuple[IPv4Network, ...]  # every IPv4 subnet and route of the pod: the VM's avoid them
     dns: PodDns
     limits: Limits
     devices: Devices
 
+    @property
+    def interface(self) -> PodInterface:
+        """The first NIC's pod interface."""
+        return self.interfaces[0]
 
-def observe(settings: Settings, bridge: str) -> PodFacts:
+
+def observe(settings: Settings, remembered: Mapping[str, PodInterface]) -> PodFacts:
     """Everything the plan needs to know about the pod, read from the kernel and files."""
-    interface, routes = observe_network(settings.pod_iface, bridge)
+    interfaces, networks = observe_network(settings, remembered)
     return PodFacts(
         hostname=hostname(settings),
-        interface=interface,
-        routes=routes,
+        interfaces=interfaces,
+        networks=networks,
         dns=parse_resolv_conf(_read_text("RESOLV_CONF", settings.resolv_conf)),
         limits=read_limits(),
         devices=Devices(kvm=kvm_usable(), vhost_net=_opens("/dev/vhost-net")),
@@ -82,44 +112,119 @@ def hostname(settings: Settings) -> str:
     return settings.hostname or check_hostname("hostname", socket.gethostname())
 
 
-def observe_network(iface: str, bridge: str) -> tuple[PodInterface, PodRoutes]:
+def observe_network(
+    settings: Settings, remembered: Mapping[str, PodInterface]
+) -> tuple[tuple[PodInterface, ...], tuple[IPv4Network, ...]]:
+    """The attached interfaces (remembered ones for bridge and macvtap modes, whose identity
+    the VM has taken) and every IPv4 network of the pod."""
     from pyroute2 import IPRoute  # imported here: it costs ~0.2 s, and only kernel steps need it
 
     with IPRoute() as ipr:
-        links = ipr.link_lookup(ifname=iface)
-        if not links:
-            raise ConfigError.bad_value("POD_IFACE", iface, "an existing network interface")
-        index = links[0]
-        link = ipr.get_links(index)[0]
-        addresses = tuple(
+        current, masters = _read_interfaces(ipr)
+    ours = {i.index for i in current.values() if i.name.startswith(OUR_PREFIX)}
+    attachments = settings.attachments or _every_interface(settings, current, remembered)
+    interfaces = []
+    for attachment in attachments:
+        name = attachment.iface
+        variable = "ATTACH_IFACES" if settings.attachments and len(attachments) > 1 else "POD_IFACE"
+        if name not in current:
+            raise ConfigError.bad_value(variable, name, "an existing network interface")
+        memory = remembered.get(name)
+        if attachment.mode != "nat" and memory and memory.index == current[name].index:
+            interfaces.append(memory)
+        elif current[name].addresses:
+            interfaces.append(current[name])
+        elif masters.get(name) in ours:
+            raise ConfigError(
+                f"{name} was given to the VM by an earlier start, and what it was is lost "
+                f"({FORGOTTEN}): expected RUN_DIR to keep {FORGOTTEN} (recreate the pod)"
+            )
+        else:
+            raise ConfigError.bad_value(
+                variable, name, "an interface with an IPv4 address (it has none)"
+            )
+    networks = {a.network for i in current.values() if i.index not in ours for a in i.addresses}
+    networks |= {a.network for i in remembered.values() for a in i.addresses}
+    for interface in (*current.values(), *remembered.values()):
+        if interface.index not in ours:
+            networks |= {r.destination for r in interface.routes if not r.is_default}
+    return tuple(interfaces), tuple(sorted(networks))
+
+
+def _every_interface(
+    settings: Settings, current: Mapping[str, PodInterface], remembered: Mapping[str, PodInterface]
+) -> tuple[Attachment, ...]:
+    """ATTACH_IFACES=all: the pod interface first, then every other with an IPv4 address (or
+    one remembered), in name order."""
+    names = {
+        name
+        for name, interface in current.items()
+        if name != "lo"
+        and not name.startswith(OUR_PREFIX)
+        and (interface.addresses or name in remembered)
+    }
+    ordered = sorted(names, key=lambda name: (name != settings.pod_iface, name))
+    return tuple(Attachment(name, settings.net_mode) for name in ordered)
+
+
+def _read_interfaces(ipr: Any) -> tuple[dict[str, PodInterface], dict[str, int | None]]:
+    """Every link as a PodInterface, and each one's master (the bridge it is a port of)."""
+    addresses: dict[int, list[IPv4Interface]] = {}
+    addresses6: dict[int, list[IPv6Interface]] = {}
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        addresses.setdefault(msg["index"], []).append(
             IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-            for msg in ipr.get_addr(family=socket.AF_INET, index=index)
         )
-        bridge_index = (ipr.link_lookup(ifname=bridge) or [None])[0]
-        gateway = None
-        destinations = []
-        for route in ipr.get_routes(family=socket.AF_INET, table=254):
-            if route.get_attr("RTA_OIF") == bridge_index:
-                continue
-            if route["dst_len"] == 0:
-                gateway = gateway or _address(route.get_attr("RTA_GATEWAY"))
-                continue
-            dst = route.get_attr("RTA_DST")
-            destinations.append(IPv4Network(f"{dst}/{route['dst_len']}", strict=False))
-    interface = PodInterface(
-        name=iface,
-        addresses=addresses,
-        mac=str(link.get_attr("IFLA_ADDRESS")),
-        mtu=int(link.get_attr("IFLA_MTU")),
-    )
-    return interface, PodRoutes(gateway=gateway, destinations=tuple(sorted(set(destinations))))
+    for msg in ipr.get_addr(family=socket.AF_INET6):
+        if msg["scope"] == 0:  # global: not link-local, not host
+            addresses6.setdefault(msg["index"], []).append(
+                IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            )
+    routes: dict[int, list[Route]] = {}
+    for msg in ipr.get_routes(family=socket.AF_INET, table=254):
+        if msg["proto"] == RTPROT_KERNEL or msg.get_attr("RTA_OIF") is None:
+            continue  # the connected routes of the addresses themselves
+        dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+        gateway = msg.get_attr("RTA_GATEWAY")
+        routes.setdefault(msg.get_attr("RTA_OIF"), []).append(
+            Route(
+                IPv4Network(f"{dst}/{msg['dst_len']}", strict=False),
+                IPv4Address(gateway) if gateway else None,
+            )
+        )
+    gateways6: dict[int, IPv6Address] = {}
+    for msg in ipr.get_routes(family=socket.AF_INET6, table=254):
+        if msg["dst_len"] == 0 and msg.get_attr("RTA_GATEWAY"):
+            gateways6.setdefault(msg.get_attr("RTA_OIF"), IPv6Address(msg.get_attr("RTA_GATEWAY")))
+    found = {}
+    masters = {}
+    for link in ipr.get_links():
+        index = int(link["index"])
+        name = link.get_attr("IFLA_IFNAME")
+        masters[name] = link.get_attr("IFLA_MASTER")
+        found[name] = PodInterface(
+            name=name,
+            index=index,
+            addresses=tuple(addresses.get(index, [])),
+            addresses6=tuple(addresses6.get(index, [])),
+            mac=str(link.get_attr("IFLA_ADDRESS")),
+            mtu=int(link.get_attr("IFLA_MTU")),
+            routes=tuple(sorted(routes.get(index, []), key=_route_order)),
+            gateway6=gateways6.get(index),
+        )
+    return found, masters
+
+
+def _route_order(route: Route) -> tuple[int, str]:
+    """Most specific first (as a DHCP client should install them), the default last."""
+    return (-route.destination.prefixlen, str(route.destination))
 
 
 def parse_resolv_conf(text: str) -> PodDns:
     """Every nameserver, and the search list (the last `search` or `domain` line wins, as in
     glibc). Extra nameservers beyond glibc's three are kept: the guest's resolver may use them."""
     nameservers: list[IPv4Address] = []
-    ignored: list[str] = []
+    nameservers6: list[IPv6Address] = []
     search: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split("#", 1)[0].split(";", 1)[0].split()
@@ -136,10 +241,14 @@ def parse_resolv_conf(text: str) -> PodDns:
             if isinstance(address, IPv4Address):
                 nameservers.append(address)
             else:
-                ignored.append(values[0])
+                nameservers6.append(address)
         elif keyword in {"search", "domain"}:
             search = [value.rstrip(".") for value in values if value != "."]
-    return PodDns(tuple(dict.fromkeys(nameservers)), tuple(dict.fromkeys(search)), tuple(ignored))
+    return PodDns(
+        tuple(dict.fromkeys(nameservers)),
+        tuple(dict.fromkeys(search)),
+        tuple(dict.fromkeys(nameservers6)),
+    )
 
 
 def read_limits(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGROUP_ROOT) -> Limits:

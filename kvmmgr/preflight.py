@@ -19,6 +19,7 @@ CAPABILITIES = {
     "NET_ADMIN": (12, "bridge, tap, addresses and rules"),
     "NET_RAW": (13, "the raw socket iptables rules are written through"),
     "NET_BIND_SERVICE": (10, "dnsmasq's DHCP port 67"),
+    "MKNOD": (27, "the device node QEMU opens for a macvtap"),
 }
 TUN_DEVICE = "/dev/net/tun"
 
@@ -26,11 +27,16 @@ TUN_DEVICE = "/dev/net/tun"
 def check(plan: Plan, status_file: Path = Path("/proc/self/status")) -> None:
     """Raise PreconditionError for the first thing the startup path would miss."""
     needed = ["NET_ADMIN", "NET_RAW"] + (["NET_BIND_SERVICE"] if plan.dhcp else [])
+    if plan.qemu.macvtaps:
+        needed.append("MKNOD")
     _check_capabilities(status_file, needed)
-    _check_tun()
+    if any(nic.mode != "macvtap" for nic in plan.nics):
+        _check_tun()
     programs = [plan.qemu.argv[0], "qemu-img"]
     if plan.dhcp is not None:
         programs.append(plan.dhcp.argv[0])
+    if plan.dhcp_guard is not None:
+        programs.append("nft")
     for program in programs:
         if shutil.which(program) is None:
             raise PreconditionError(f"{program}: not found on PATH: expected it installed")

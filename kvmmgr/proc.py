@@ -12,14 +12,21 @@ from pathlib import Path
 from kvmmgr.errors import CommandError
 
 
-def run(argv: Sequence[str], *, timeout: float = 300, share_stderr: bool = False) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 300,
+    share_stderr: bool = False,
+    stdin: str | None = None,
+) -> str:
     """Run a command to completion; its stdout, or CommandError with its stderr.
     With `share_stderr` the command writes to our stderr (for a daemon that keeps logging
-    there after it forks: capturing would wait for it to exit)."""
+    there after it forks: capturing would wait for it to exit). `stdin` is fed to it."""
     try:
         done = subprocess.run(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             stdout=subprocess.PIPE,
             stderr=None if share_stderr else subprocess.PIPE,
             text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Literal
 
 from kvmmgr.errors import StepError
 from kvmmgr.files import write_atomic
+from kvmmgr.nics import MacvtapLink, NicPlan
 
 QEMU = "qemu-system-x86_64"
 VNC_SECRET_ID = "vncpass"
@@ -21,6 +23,7 @@ class QemuPlan:
     argv: tuple[str, ...]
     qmp_socket: Path
     vnc_password_file: Path | None  # written at start from VNC_PASSWORD, never in argv
+    macvtaps: tuple[tuple[str, int], ...]  # (macvtap, the fd QEMU expects its device on)
 
 
 def build_qemu(
@@ -31,8 +34,7 @@ def build_qemu(
     cpus: int,
     overlay: Path,
     config_drive: Path | None,
-    tap: str,
-    mac: str,
+    nics: Sequence[NicPlan],
     vhost: bool,
     vnc: bool,
     vnc_password: bool,
@@ -80,15 +82,20 @@ def build_qemu(
             "-device",
             "ide-cd,drive=cidata",
         ]
-    argv += [
-        # vhost only when /dev/vhost-net opens: QEMU 7.2 aborts if asked for it without.
-        "-netdev",
-        f"tap,id=net0,ifname={tap},script=no,downscript=no,vhost={'on' if vhost else 'off'}",
-        "-device",
-        f"virtio-net-pci,netdev=net0,mac={mac}",
-        "-device",
-        "virtio-rng-pci",
-    ]
+    # vhost only when /dev/vhost-net opens: QEMU 7.2 aborts if asked for it without.
+    vhost_option = f"vhost={'on' if vhost else 'off'}"
+    for nic in nics:
+        netdev = f"net{nic.index}"
+        if isinstance(nic.link, MacvtapLink):  # its device, opened by exec_qemu
+            argv += ["-netdev", f"tap,id={netdev},fd={nic.link.fd},{vhost_option}"]
+        else:
+            tap = nic.link.tap
+            argv += [
+                "-netdev",
+                f"tap,id={netdev},ifname={tap},script=no,downscript=no,{vhost_option}",
+            ]
+        argv += ["-device", f"virtio-net-pci,netdev={netdev},mac={nic.guest.mac}"]
+    argv += ["-device", "virtio-rng-pci"]
     if vnc:
         vnc_option = "0.0.0.0:0"
         if password_file is not None:
@@ -99,7 +106,10 @@ def build_qemu(
     else:
         argv += ["-vga", "none", "-display", "none"]
     argv += list(extra_args)
-    return QemuPlan(tuple(argv), qmp_socket, password_file)
+    macvtaps = tuple(
+        (nic.link.macvtap, nic.link.fd) for nic in nics if isinstance(nic.link, MacvtapLink)
+    )
+    return QemuPlan(tuple(argv), qmp_socket, password_file, macvtaps)
 
 
 def write_vnc_password(plan: QemuPlan, password: str | None) -> None:
@@ -113,7 +123,37 @@ def write_vnc_password(plan: QemuPlan, password: str | None) -> None:
 def exec_qemu(plan: QemuPlan) -> None:
     """Replace this process with QEMU: it becomes the container's main process."""
     plan.qmp_socket.unlink(missing_ok=True)  # a stale socket from a previous QEMU
+    for macvtap, fd in plan.macvtaps:
+        open_macvtap(macvtap, fd, plan.qmp_socket.parent)
     try:
         os.execvp(plan.argv[0], list(plan.argv))
     except OSError as exc:
         raise StepError(f"could not start {plan.argv[0]}: {exc.strerror}") from exc
+
+
+def open_macvtap(name: str, target_fd: int, scratch: Path) -> None:
+    """Open the macvtap's character device on `target_fd`, kept across the exec. A container
+    has no udev to make /dev/tapN: the node is made (mknod) in `scratch` and removed."""
+    sysfs = Path("/sys/class/net") / name
+    try:
+        index = (sysfs / "ifindex").read_text().strip()
+        major, minor = (sysfs / "macvtap" / f"tap{index}" / "dev").read_text().strip().split(":")
+    except OSError as exc:
+        raise StepError(f"cannot find the device of macvtap {name!r}: {exc.strerror}") from exc
+    node = scratch / f".tap{index}"
+    node.unlink(missing_ok=True)
+    try:
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(int(major), int(minor)))
+        fd = os.open(node, os.O_RDWR)
+    except OSError as exc:
+        raise StepError(
+            f"cannot open the device of macvtap {name!r}: {exc.strerror} "
+            "(macvtap mode needs the MKNOD capability and access to the device)"
+        ) from exc
+    finally:
+        node.unlink(missing_ok=True)
+    if fd != target_fd:
+        os.dup2(fd, target_fd)  # inheritable by default
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, True)

@@ -6,10 +6,23 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
-from kvmmgr import configdrive, dhcp, firewall, image, network, pod, preflight, qemu
+from kvmmgr import (
+    configdrive,
+    dhcp,
+    dhcpguard,
+    firewall,
+    image,
+    network,
+    pod,
+    podmemory,
+    preflight,
+    qemu,
+)
 from kvmmgr.config import Settings
+from kvmmgr.dhcpguard import GuardPlan
 from kvmmgr.files import ensure_private_dir
-from kvmmgr.plan import BRIDGE, Plan, make_plan
+from kvmmgr.nics import BridgeLink, NatLink, NicPlan
+from kvmmgr.plan import Plan, make_plan
 
 log = logging.getLogger("kvmmgr")
 
@@ -18,7 +31,7 @@ def prepare(
     settings: Settings, extra_qemu_args: Sequence[str] = (), *, exec_qemu: bool = True
 ) -> Plan:
     """Steps 1-3: observe the pod, read the inputs, plan. Changes nothing."""
-    facts = pod.observe(settings, BRIDGE)
+    facts = pod.observe(settings, podmemory.load(settings.run_dir))
     inputs = (
         configdrive.read_inputs(settings.drive_inputs)
         if settings.config_drive_format is not None
@@ -41,27 +54,21 @@ def setup(
 
 
 def log_plan(plan: Plan) -> None:
-    iface = plan.pod.interface
+    dns = plan.pod.dns
     log.info(
-        "pod: %s on %s (mtu %d, mac %s), gateway %s, %d nameserver(s), %d search domain(s)",
-        plan.pod_ip,
-        iface.name,
-        iface.mtu,
-        iface.mac,
-        plan.pod.routes.gateway,
-        len(plan.pod.dns.nameservers),
-        len(plan.pod.dns.search),
+        "pod: %s, %d nameserver(s), %d search domain(s)",
+        ", ".join(_describe_interface(nic) for nic in plan.nics),
+        len(dns.nameservers) + len(dns.nameservers6),
+        len(dns.search),
     )
     vm = plan.vm
     log.info(
-        "vm: %s, %s/30 via %s, mac %s, %d MiB, %d vCPU, %s",
+        "vm: %s, %d MiB, %d vCPU, %s; %s",
         vm.hostname,
-        vm.ip,
-        vm.gateway,
-        vm.mac,
         vm.memory_mib,
         vm.cpus,
         vm.accel,
+        "; ".join(_describe_nic(nic) for nic in plan.nics),
     )
     for note in plan.notes:
         log.warning("%s", note)
@@ -69,13 +76,38 @@ def log_plan(plan: Plan) -> None:
         log.debug("plan: %s", json.dumps(plan.as_data(), sort_keys=True))
 
 
+def _describe_interface(nic: NicPlan) -> str:
+    iface = nic.pod
+    addresses = ",".join(str(a) for a in (*iface.addresses, *iface.addresses6))
+    remembered = ", as it was before the VM took it" if iface.remembered else ""
+    return (
+        f"{iface.name} {addresses} (mtu {iface.mtu}, mac {iface.mac}, gateway "
+        f"{iface.gateway or 'none'}{remembered})"
+    )
+
+
+def _describe_nic(nic: NicPlan) -> str:
+    guest = nic.guest
+    six = f" {guest.address6}" if guest.address6 else ""
+    via = f" via {guest.router}" if guest.router else ""
+    return (
+        f"nic{nic.index} {nic.mode} on {nic.pod.name}: {guest.address}{six}{via}, mac {guest.mac}"
+    )
+
+
 def apply(plan: Plan, settings: Settings) -> None:
     """Steps 4-8. Each is idempotent: a second run converges to the same state."""
     ensure_private_dir(settings.run_dir)
     _step("image", lambda: image.ensure_base(plan.disks, image.holder(plan.vm.hostname)))
     _step("disk", lambda: image.ensure_overlay(plan.disks))
+    # What the VM is about to take is written down first: a later start cannot observe it.
+    taken = [nic.pod for nic in plan.nics if nic.mode != "nat" and not nic.pod.remembered]
+    podmemory.remember(settings.run_dir, taken)
     _step("network", lambda: _network(plan))
     _step("firewall", lambda: _firewall(plan))
+    guard = plan.dhcp_guard
+    if guard is not None:
+        _step("dhcp-guard", lambda: _guard(guard))
     _step("dhcp", lambda: _dhcp(plan))
     _step("config-drive", lambda: _config_drive(plan))
     qemu.write_vnc_password(plan.qemu, settings.vnc_password)
@@ -87,19 +119,48 @@ def _step(name: str, action: Callable[[], str]) -> None:
 
 def _network(plan: Plan) -> str:
     network.apply_network(plan.network)
-    net = plan.network
-    return f"bridge {net.bridge} {net.gateway}, tap {net.tap}, mtu {net.mtu}, forwarding on"
+    made = []
+    for nic in plan.nics:
+        link = nic.link
+        if isinstance(link, NatLink):
+            six = f" {link.gateway6}" if link.gateway6 else ""
+            made.append(f"bridge {link.bridge} {link.gateway}{six} with tap {link.tap}")
+        elif isinstance(link, BridgeLink):
+            made.append(
+                f"bridge {link.bridge} {link.server} with {nic.pod.name} and tap {link.tap}"
+            )
+        else:
+            made.append(
+                f"macvtap {link.macvtap} on {nic.pod.name}, {link.server_link} {link.server}"
+            )
+    sysctls = ", ".join(f"{s.names[-1].replace('/', '.')}={s.value}" for s in plan.network.sysctls)
+    return "; ".join(made) + (f"; {sysctls}" if sysctls else "")
 
 
 def _firewall(plan: Plan) -> str:
     firewall.apply_firewall(plan.firewall)
     rules = sum(len(chain.rules) for chain in plan.firewall.chains)
+    forwarded = [
+        f"{nic.link.pod_address.ip} -> {nic.guest.address.ip}"
+        + (
+            f", {nic.link.pod_address6.ip} -> {nic.guest.address6.ip}"
+            if nic.guest.address6 and nic.link.pod_address6
+            else ""
+        )
+        for nic in plan.nics
+        if isinstance(nic.link, NatLink)
+    ]
     kept = ", ".join(plan.firewall.kept) or "nothing"
+    what = "; ".join(forwarded) if forwarded else "no NAT"
     return (
-        f"{rules} rules in {len(plan.firewall.chains)} chains: {plan.pod_ip.ip} -> {plan.vm.ip} "
-        f"(every protocol and port; kept by the container: {kept}), SNAT {plan.vm.ip} -> "
-        f"{plan.pod_ip.ip}, 127.0.0.1 -> {plan.vm.ip}"
+        f"{rules} rules in {len(plan.firewall.chains)} chains: {what} (every protocol and port; "
+        f"kept by the container: {kept})"
     )
+
+
+def _guard(guard: GuardPlan) -> str:
+    dhcpguard.apply_guard(guard)
+    return f"DHCP does not cross {', '.join(guard.interfaces)} (nftables table netdev kvmmgr)"
 
 
 def _dhcp(plan: Plan) -> str:
@@ -107,9 +168,11 @@ def _dhcp(plan: Plan) -> str:
         return "off (NO_DHCP)"
     pid = dhcp.apply_dhcp(plan.dhcp)
     dns = ",".join(str(ns) for ns in plan.pod.dns.nameservers) or "none"
+    leases = ", ".join(
+        f"{nic.guest.mac} -> {nic.guest.address.ip} on {nic.dhcp_link}" for nic in plan.nics
+    )
     return (
-        f"dnsmasq pid {pid} on {plan.network.bridge}: {plan.vm.mac} -> {plan.vm.ip}, "
-        f"dns {dns}, search {','.join(plan.pod.dns.search) or 'none'}, mtu {plan.network.mtu}"
+        f"dnsmasq pid {pid}: {leases}; dns {dns}, search {','.join(plan.pod.dns.search) or 'none'}"
     )
 
 

@@ -34,7 +34,7 @@ def test_the_lease_carries_every_pod_setting(running: tuple[PodLab, KvmManager])
     assert got["hostname"] == HOSTNAME
     link = marker(vm.console.wait_for(r"^KVMTEST_LINK ", 5))
     plan = json.loads(lab.cli("plan", "--json").stdout)
-    assert link["mac"] == plan["vm"]["mac"]
+    assert link["mac"] == plan["nics"][0]["guest"]["mac"]
 
 
 def test_the_pod_ip_reaches_the_vm_for_tcp_udp_and_icmp(

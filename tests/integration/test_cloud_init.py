@@ -15,7 +15,7 @@ import yaml
 
 from kvmmgr.configdrive import ConfigDrivePlan, write_iso
 from podlab import cloud_init
-from tests.unit.test_configdrive import NETWORK, drive
+from tests.unit.test_configdrive import NIC, drive
 
 USERDATA = b"#cloud-config\nhostname: from-user-data\npackages: [htop]\n"
 VENDORDATA = b"#cloud-config\nruncmd: [[touch, /vendor-was-here]]\n"
@@ -104,7 +104,7 @@ def test_the_configdrive_reader_returns_what_we_wrote(tmp_path: Path) -> None:
     assert found["userdata"] == USERDATA
     assert convert_vendordata(found["vendordata"]) == VENDORDATA.decode()
     # cloud-init names the link after the guest's NIC that has the VM's MAC.
-    v1 = openstack.convert_net_json(found["networkdata"], known_macs={NETWORK.mac: "ens3"})
+    v1 = openstack.convert_net_json(found["networkdata"], known_macs={NIC.mac: "ens3"})
     assert_renders_the_vm_network(v1, "ens3")
 
 

@@ -50,7 +50,7 @@ def _setup(lab: PodLab, **env: str) -> dict[str, str]:
     done = lab.cli("setup", **env)
     assert done.returncode == 0, done.stderr
     plan = json.loads(lab.cli("plan", "--json", **env).stdout)
-    return {"mac": plan["vm"]["mac"]}
+    return {"mac": plan["nics"][0]["guest"]["mac"]}
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.firewall import Chain, FirewallPlan
+from kvmmgr.firewall import Chain, Family, FirewallPlan
 from podlab.lab import HOSTNAME, KVM_MANAGER, PodLab
 from tests.netns.snapshot import links, our_rules, pod_state, processes
 
@@ -28,12 +28,12 @@ def planned(lab: PodLab, **env: str | None) -> dict[str, Any]:
     return plan
 
 
-def planned_rules(plan: dict[str, Any], table: str) -> list[str]:
+def planned_rules(plan: dict[str, Any], table: str, family: Family = 4) -> list[str]:
     chains = tuple(
-        Chain(c["table"], c["name"], c["hook"], tuple(c["rules"]))
+        Chain(c["family"], c["table"], c["name"], c["hook"], tuple(c["rules"]))
         for c in plan["firewall"]["chains"]
     )
-    return sorted(FirewallPlan(chains, ()).save_lines(table))
+    return sorted(FirewallPlan(chains, ()).save_lines(table, family))
 
 
 def dnsmasq_pids(lab: PodLab) -> list[str]:
@@ -110,7 +110,7 @@ def test_a_rerun_with_other_settings_replaces_the_rules(lab: PodLab) -> None:
     nat = our_rules(lab.net.pod, "nat")
     assert sorted(nat) == planned_rules(plan, "nat")
     assert not any("5900" in rule for rule in nat + our_rules(lab.net.pod, "filter"))
-    assert "-A KVMMGR-DNAT -p tcp -m tcp --dport 9100:9102 -j RETURN" in nat
+    assert "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 9100:9102 -j RETURN" in nat
 
 
 def test_foreign_rules_stay_and_duplicate_jumps_collapse(lab: PodLab) -> None:
@@ -119,12 +119,12 @@ def test_foreign_rules_stay_and_duplicate_jumps_collapse(lab: PodLab) -> None:
     pod.run("iptables-legacy", "-t", "nat", *foreign.split())
     setup(lab)
     pod.run("iptables-legacy", "-t", "nat", "-I", "PREROUTING", "-j", "KVMMGR-PREROUTING")
-    pod.run("iptables-legacy", "-t", "nat", "-A", "KVMMGR-DNAT", "-j", "ACCEPT")  # stray edit
+    pod.run("iptables-legacy", "-t", "nat", "-A", "KVMMGR-DNAT-eth0", "-j", "ACCEPT")  # stray edit
     setup(lab)
     saved = pod.run("iptables-legacy-save", "-t", "nat").splitlines()
     assert saved.count(foreign) == 1
     assert saved.count("-A PREROUTING -j KVMMGR-PREROUTING") == 1
-    assert "-A KVMMGR-DNAT -j ACCEPT" not in saved
+    assert "-A KVMMGR-DNAT-eth0 -j ACCEPT" not in saved
 
 
 def test_plan_is_deterministic_and_changes_nothing(lab: PodLab) -> None:
@@ -135,9 +135,12 @@ def test_plan_is_deterministic_and_changes_nothing(lab: PodLab) -> None:
     assert first.stdout == second.stdout
     assert pod_state(lab) == before
     plan = json.loads(first.stdout)
-    assert plan["pod"]["interface"]["addresses"] == [f"{lab.net.pod_ip}/{lab.net.prefix}"]
-    assert plan["pod"]["interface"]["mtu"] == lab.net.mtu
-    assert plan["pod"]["routes"]["gateway"] == lab.net.node_ip
+    (eth0,) = plan["pod"]["interfaces"]
+    assert eth0["addresses"] == [f"{lab.net.pod_ip}/{lab.net.prefix}"]
+    assert eth0["mtu"] == lab.net.mtu
+    # The default route alone: the connected subnet is the address's own, left out.
+    assert eth0["routes"] == [{"destination": "0.0.0.0/0", "gateway": lab.net.node_ip}]
+    assert f"{lab.net.node_ip.rsplit('.', 1)[0]}.0/{lab.net.prefix}" in plan["pod"]["networks"]
     assert len(plan["pod"]["dns"]["nameservers"]) == 3
     assert len(plan["pod"]["dns"]["search"]) == 2
 

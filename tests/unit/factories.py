@@ -10,7 +10,7 @@ from typing import Any
 from kvmmgr.config import Settings, load_settings
 from kvmmgr.configdrive import DriveInputs
 from kvmmgr.plan import Plan, make_plan
-from kvmmgr.pod import Devices, Limits, PodDns, PodFacts, PodInterface, PodRoutes
+from kvmmgr.pod import Devices, Limits, PodDns, PodFacts, PodInterface, Route
 
 BASE_ENV: Mapping[str, str] = {
     "IMG_SOURCE": "http://images.example/base.qcow2",
@@ -23,23 +23,36 @@ def settings(**env: str) -> Settings:
     return load_settings({**BASE_ENV, **env})
 
 
+def interface(
+    name: str = "eth0",
+    address: str = "10.244.1.7/24",
+    gateway: str | None = "10.244.1.1",
+    routes: tuple[Route, ...] = (),
+    **changes: Any,
+) -> PodInterface:
+    default = (Route(IPv4Network("0.0.0.0/0"), IPv4Address(gateway)),) if gateway else ()
+    built = PodInterface(
+        name=name,
+        index=2,
+        addresses=(IPv4Interface(address),),
+        addresses6=(),
+        mac="0a:58:0a:f4:01:07",
+        mtu=1450,
+        routes=routes + default,
+        gateway6=None,
+    )
+    return dataclasses.replace(built, **changes)
+
+
 def pod_facts(**changes: Any) -> PodFacts:
     facts = PodFacts(
         hostname="vm-0",
-        interface=PodInterface(
-            name="eth0",
-            addresses=(IPv4Interface("10.244.1.7/24"),),
-            mac="0a:58:0a:f4:01:07",
-            mtu=1450,
-        ),
-        routes=PodRoutes(
-            gateway=IPv4Address("10.244.1.1"),
-            destinations=(IPv4Network("10.244.0.0/16"),),
-        ),
+        interfaces=(interface(),),
+        networks=(IPv4Network("10.244.0.0/16"), IPv4Network("10.244.1.0/24")),
         dns=PodDns(
             nameservers=(IPv4Address("10.96.0.10"), IPv4Address("10.96.0.11")),
             search=("default.svc.cluster.local", "svc.cluster.local"),
-            ignored=(),
+            nameservers6=(),
         ),
         limits=Limits(memory_mib=None, cpus=None),
         devices=Devices(kvm=False, vhost_net=False),

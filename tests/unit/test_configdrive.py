@@ -17,7 +17,7 @@ import pycdlib
 import pytest
 import yaml
 
-from kvmmgr.cloudconfig import GuestNetwork
+from kvmmgr.cloudconfig import GuestNetwork, GuestNic
 from kvmmgr.config import DriveFormat, InputPaths
 from kvmmgr.configdrive import (
     MAX_INPUT,
@@ -31,13 +31,17 @@ from kvmmgr.configdrive import (
 from kvmmgr.errors import ConfigError
 
 USERDATA = b"#!/bin/sh\necho 'hello \xc3\xa9'\r\nexit 0\n\x00binary-tail"
-NETWORK = GuestNetwork(
+NIC = GuestNic(
     mac="2a:e8:fb:7c:c9:4f",
     address=IPv4Interface("192.168.254.2/30"),
-    gateway=IPv4Address("192.168.254.1"),
+    router=IPv4Address("192.168.254.1"),
+    routes=(),
+    mtu=1450,
+)
+NETWORK = GuestNetwork(
+    nics=(NIC,),
     nameservers=(IPv4Address("10.96.0.10"), IPv4Address("10.96.0.11")),
     search=("default.svc.cluster.local", "svc.cluster.local"),
-    mtu=1450,
 )
 
 
@@ -133,7 +137,7 @@ def test_public_keys_in_each_format(tmp_path: Path, keys: object) -> None:
 def test_generated_network_config_matches_the_vm(tmp_path: Path) -> None:
     config2 = json.loads(files(drive(tmp_path))["openstack/latest/network_data.json"])
     assert config2["links"] == [
-        {"id": "pod", "type": "phy", "ethernet_mac_address": NETWORK.mac, "mtu": 1450}
+        {"id": "pod0", "type": "phy", "ethernet_mac_address": NIC.mac, "mtu": 1450}
     ]
     network = config2["networks"][0]
     assert (network["ip_address"], network["netmask"]) == ("192.168.254.2", "255.255.255.252")
@@ -147,7 +151,7 @@ def test_generated_network_config_matches_the_vm(tmp_path: Path) -> None:
     ]
     v2 = yaml.safe_load(files(drive(tmp_path, "nocloud"))["network-config"])
     eth0 = v2["ethernets"]["eth0"]
-    assert eth0["match"] == {"macaddress": NETWORK.mac}
+    assert eth0["match"] == {"macaddress": NIC.mac}
     assert eth0["addresses"] == ["192.168.254.2/30"] and eth0["mtu"] == 1450
     assert eth0["routes"] == [{"to": "0.0.0.0/0", "via": "192.168.254.1"}]
     assert eth0["nameservers"]["search"] == ["default.svc.cluster.local", "svc.cluster.local"]

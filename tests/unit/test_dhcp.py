@@ -1,19 +1,28 @@
-"""The dnsmasq configuration: bridge only, DNS off, one MAC, every option the VM needs."""
+"""The dnsmasq configuration: every NIC of the VM, nothing else, every option it needs."""
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface
 from pathlib import Path
 
-from tests.unit.factories import plan
+from kvmmgr.dhcp import DhcpPlan
+from kvmmgr.dhcpguard import build_guard
+from kvmmgr.pod import PodDns, Route
+from tests.unit.factories import interface, plan, pod_facts
+from tests.unit.test_nics import SECONDARY
+
+
+def dhcp(env: dict[str, str] | None = None, **facts: object) -> DhcpPlan:
+    built = plan(env, pod_facts(**facts) if facts else None).dhcp
+    assert built is not None
+    return built
 
 
 def test_dnsmasq_configuration() -> None:
-    dhcp = plan().dhcp
-    assert dhcp is not None
-    assert dhcp.config_file == Path("/run/test-kvmmgr/dnsmasq.conf")
-    assert dhcp.argv == ("dnsmasq", "--conf-file=/run/test-kvmmgr/dnsmasq.conf")
-    lines = dhcp.config
-    mac = plan().vm.mac
+    config = dhcp()
+    assert config.config_file == Path("/run/test-kvmmgr/dnsmasq.conf")
+    assert config.argv == ("dnsmasq", "--conf-file=/run/test-kvmmgr/dnsmasq.conf")
+    mac = plan().nics[0].guest.mac
     for expected in [
         "port=0",
         "user=root",
@@ -21,37 +30,89 @@ def test_dnsmasq_configuration() -> None:
         "interface=kvmbr0",
         "bind-interfaces",
         "except-interface=lo",
-        "dhcp-range=192.168.254.2,static,255.255.255.252,infinite",
-        f"dhcp-host={mac},192.168.254.2,vm-0,infinite",
-        "dhcp-option=option:router,192.168.254.1",
+        "dhcp-ignore=tag:!known",
+        "dhcp-range=set:nic0,192.168.254.2,static,255.255.255.252,infinite",
+        f"dhcp-host={mac},set:nic0,192.168.254.2,vm-0,infinite",
+        "dhcp-option=tag:nic0,option:router,192.168.254.1",
         "dhcp-option=option:dns-server,10.96.0.10,10.96.0.11",
         "dhcp-option=option:domain-search,default.svc.cluster.local,svc.cluster.local",
-        "dhcp-option=option:mtu,1450",
+        "dhcp-option=tag:nic0,option:mtu,1450",
         "dhcp-leasefile=/run/test-kvmmgr/dnsmasq.leases",
         "pid-file=/run/test-kvmmgr/dnsmasq.pid",
     ]:
-        assert expected in lines
-    assert "log-dhcp" not in lines
-    # only the VM's MAC gets an address: one static range, one host
-    assert sum(line.startswith("dhcp-range=") for line in lines) == 1
-    assert sum(line.startswith("dhcp-host=") for line in lines) == 1
+        assert expected in config.config
+    assert "log-dhcp" not in config.config
+    assert not any(
+        line.startswith("shared-network") or "enable-ra" in line for line in config.config
+    )
 
 
 def test_debug_and_extra_options() -> None:
-    dhcp = plan({"DEBUG": "1", "DNSMASQ_OPTS": "--dhcp-option=42,10.0.0.5"}).dhcp
-    assert dhcp is not None
-    assert "log-dhcp" in dhcp.config
-    assert dhcp.argv[-1] == "--dhcp-option=42,10.0.0.5"
+    config = dhcp({"DEBUG": "1", "DNSMASQ_OPTS": "--dhcp-option=42,10.0.0.5"})
+    assert "log-dhcp" in config.config
+    assert config.argv[-1] == "--dhcp-option=42,10.0.0.5"
 
 
 def test_pod_without_nameservers_offers_none() -> None:
-    import dataclasses
+    config = dhcp(dns=PodDns((), (), ()))
+    assert "dhcp-option=option:dns-server" in config.config  # empty: dnsmasq sends no DNS
+    assert not any("domain-search" in line for line in config.config)
 
-    from kvmmgr.pod import PodDns
-    from tests.unit.factories import pod_facts
 
-    dhcp = plan(facts=pod_facts(dns=PodDns((), (), ()))).dhcp
-    assert dhcp is not None
-    assert "dhcp-option=option:dns-server" in dhcp.config  # empty: dnsmasq sends no DNS option
-    assert not any("domain-search" in line for line in dhcp.config)
-    assert dataclasses.is_dataclass(dhcp)
+def test_bridge_mode_serves_the_pod_subnet_from_a_link_local_address() -> None:
+    config = dhcp({"NET_MODE": "bridge"})
+    assert "shared-network=kvmbr0,10.244.1.7" in config.config
+    assert "dhcp-range=set:nic0,10.244.1.7,static,255.255.255.0,infinite" in config.config
+    assert "dhcp-option=tag:nic0,option:router,10.244.1.1" in config.config
+
+
+def test_routed_cni_gets_classless_static_routes() -> None:
+    calico = interface(
+        address="10.244.7.3/32",
+        gateway="169.254.1.1",
+        routes=(Route(IPv4Network("169.254.1.1/32"), None),),
+    )
+    config = dhcp({"NET_MODE": "bridge"}, interfaces=(calico,))
+    routes = "169.254.1.1/32,0.0.0.0,0.0.0.0/0,169.254.1.1"
+    assert f"dhcp-option=tag:nic0,option:classless-static-route,{routes}" in config.config
+    assert f"dhcp-option=tag:nic0,249,{routes}" in config.config
+
+
+def test_a_nic_without_the_default_route_gets_no_router() -> None:
+    config = dhcp({"ATTACH_IFACES": "eth0:nat net1:bridge"}, interfaces=(interface(), SECONDARY))
+    assert "interface=kvmbr1" in config.config
+    assert "dhcp-option=tag:nic1,option:router" in config.config  # empty: none
+    assert (
+        "dhcp-option=tag:nic1,option:classless-static-route,10.20.0.0/16,10.10.0.1" in config.config
+    )
+
+
+def test_dual_stack_nat_adds_router_advertisements_and_dhcpv6() -> None:
+    dual = interface(
+        addresses6=(IPv6Interface("fd00:10:244::10/64"),), gateway6=IPv6Address("fd00:10:244::1")
+    )
+    dns = PodDns((IPv4Address("10.96.0.10"),), ("svc.cluster.local",), (IPv6Address("fd00::53"),))
+    config = dhcp(interfaces=(dual,), dns=dns)
+    mac = plan(facts=pod_facts(interfaces=(dual,))).nics[0].guest.mac
+    assert (
+        f"dhcp-host={mac},set:nic0,192.168.254.2,[fd00:6b76:6d::2],vm-0,infinite" in config.config
+    )
+    assert "enable-ra" in config.config
+    assert "dhcp-range=set:nic0v6,fd00:6b76:6d::2,fd00:6b76:6d::2,64,infinite" in config.config
+    assert "dhcp-option=tag:nic0v6,option6:dns-server,[fd00::53]" in config.config
+
+
+def test_the_dhcp_guard_ruleset() -> None:
+    guard = build_guard(["eth0", "net1"])
+    assert guard.ruleset.splitlines()[:2] == [
+        "table netdev kvmmgr {}",
+        "delete table netdev kvmmgr",
+    ]
+    for iface in ("eth0", "net1"):
+        for hook in ("ingress", "egress"):
+            assert (
+                f'type filter hook {hook} device "{iface}" priority 0; policy accept;'
+                in guard.ruleset
+            )
+    assert guard.ruleset.count("udp dport { 67, 68 } drop") == 4
+    assert plan({"NET_MODE": "bridge"}).dhcp_guard == build_guard(["eth0"])

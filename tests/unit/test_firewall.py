@@ -1,42 +1,33 @@
-"""The NAT rule set as data: exactly the rules we mean, in iptables-save syntax."""
+"""The rule set as data: exactly the rules we mean, in ip(6)tables-save syntax."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv6Address, IPv6Interface
 
-from kvmmgr.config import PortSpec
-from kvmmgr.firewall import FirewallPlan, build_firewall
+from kvmmgr.firewall import FirewallPlan
+from tests.unit.factories import interface, plan, pod_facts
+from tests.unit.test_nics import SECONDARY
 
 
-def _rules(**changes: object) -> FirewallPlan:
-    args: dict[str, object] = {
-        "pod_iface": "eth0",
-        "pod_ip": IPv4Address("10.244.1.7"),
-        "vm_ip": IPv4Address("192.168.254.2"),
-        "vm_gw": IPv4Address("192.168.254.1"),
-        "bridge": "kvmbr0",
-        "keep_vnc": True,
-        "exclude": (),
-    }
-    args.update(changes)
-    return build_firewall(**args)  # type: ignore[arg-type]
+def rules(env: dict[str, str] | None = None, **facts: object) -> FirewallPlan:
+    return plan(env, pod_facts(**facts) if facts else None).firewall
 
 
 def test_default_rule_set() -> None:
-    plan = _rules()
-    assert plan.save_lines("nat") == [
+    firewall = rules()
+    assert firewall.save_lines("nat") == [
         "-A PREROUTING -j KVMMGR-PREROUTING",
         "-A OUTPUT -j KVMMGR-OUTPUT",
         "-A POSTROUTING -j KVMMGR-POSTROUTING",
-        "-A KVMMGR-PREROUTING -d 10.244.1.7/32 -i eth0 -j KVMMGR-DNAT",
-        "-A KVMMGR-OUTPUT -d 127.0.0.1/32 -j KVMMGR-DNAT",
-        "-A KVMMGR-DNAT -p tcp -m tcp --dport 5900 -j RETURN",
-        "-A KVMMGR-DNAT -j DNAT --to-destination 192.168.254.2",
+        "-A KVMMGR-PREROUTING -d 10.244.1.7/32 -i eth0 -j KVMMGR-DNAT-eth0",
+        "-A KVMMGR-OUTPUT -d 127.0.0.1/32 -j KVMMGR-DNAT-eth0",
         "-A KVMMGR-POSTROUTING -s 192.168.254.2/32 -o eth0 -j SNAT --to-source 10.244.1.7",
         "-A KVMMGR-POSTROUTING -s 127.0.0.0/8 -d 192.168.254.2/32 -o kvmbr0"
         " -j SNAT --to-source 192.168.254.1",
+        "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 5900 -j RETURN",
+        "-A KVMMGR-DNAT-eth0 -j DNAT --to-destination 192.168.254.2",
     ]
-    assert plan.save_lines("filter") == [
+    assert firewall.save_lines("filter") == [
         "-A INPUT -j KVMMGR-INPUT",
         "-A FORWARD -j KVMMGR-FORWARD",
         "-A KVMMGR-INPUT -d 127.0.0.0/8 -i kvmbr0 -m conntrack ! --ctstate RELATED,ESTABLISHED"
@@ -44,35 +35,82 @@ def test_default_rule_set() -> None:
         "-A KVMMGR-INPUT -i kvmbr0 -p tcp -m tcp --dport 5900 -j DROP",
         "-A KVMMGR-FORWARD ! -s 192.168.254.2/32 -i kvmbr0 -j DROP",
     ]
-    assert plan.kept == ("tcp/5900",)
-    assert plan.tables == ("nat", "filter")
+    assert firewall.kept == ("tcp/5900",)
+    assert firewall.tables == ((4, "nat"), (4, "filter"))
 
 
 def test_the_dnat_covers_every_protocol() -> None:
-    dnat = [line for line in _rules().save_lines("nat") if "-j DNAT" in line]
-    assert dnat == ["-A KVMMGR-DNAT -j DNAT --to-destination 192.168.254.2"]  # no -p: all
+    dnat = [line for line in rules().save_lines("nat") if "-j DNAT" in line]
+    assert dnat == ["-A KVMMGR-DNAT-eth0 -j DNAT --to-destination 192.168.254.2"]  # no -p: all
 
 
 def test_no_vnc_forwards_5900_too() -> None:
-    plan = _rules(keep_vnc=False)
-    assert not any("5900" in line for table in plan.tables for line in plan.save_lines(table))
-    assert plan.kept == ()
+    firewall = rules({"NO_VNC": "1"})
+    every = [
+        line for family, table in firewall.tables for line in firewall.save_lines(table, family)
+    ]
+    assert not any("5900" in line for line in every)
+    assert firewall.kept == ()
 
 
 def test_exclusions_come_before_the_dnat() -> None:
-    plan = _rules(exclude=(PortSpec("udp", 5353, 5353), PortSpec("tcp", 8000, 8010)))
-    dnat_chain = [line for line in plan.save_lines("nat") if line.startswith("-A KVMMGR-DNAT")]
-    assert dnat_chain == [
-        "-A KVMMGR-DNAT -p tcp -m tcp --dport 5900 -j RETURN",
-        "-A KVMMGR-DNAT -p udp -m udp --dport 5353 -j RETURN",
-        "-A KVMMGR-DNAT -p tcp -m tcp --dport 8000:8010 -j RETURN",
-        "-A KVMMGR-DNAT -j DNAT --to-destination 192.168.254.2",
+    firewall = rules({"NAT_EXCLUDE": "udp/5353 tcp/8000-8010"})
+    chain = [line for line in firewall.save_lines("nat") if line.startswith("-A KVMMGR-DNAT")]
+    assert chain == [
+        "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 5900 -j RETURN",
+        "-A KVMMGR-DNAT-eth0 -p udp -m udp --dport 5353 -j RETURN",
+        "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 8000:8010 -j RETURN",
+        "-A KVMMGR-DNAT-eth0 -j DNAT --to-destination 192.168.254.2",
     ]
-    assert plan.kept == ("tcp/5900", "udp/5353", "tcp/8000-8010")
+    assert firewall.kept == ("tcp/5900", "udp/5353", "tcp/8000-8010")
 
 
 def test_one_jump_per_builtin_chain() -> None:
-    plan = _rules()
-    hooks = [chain.hook for chain in plan.chains if chain.hook]
+    firewall = rules()
+    hooks = [(c.family, c.table, c.hook) for c in firewall.chains if c.hook]
     assert len(hooks) == len(set(hooks))
-    assert all(chain.name.startswith("KVMMGR-") for chain in plan.chains)
+    assert all(chain.name.startswith("KVMMGR-") for chain in firewall.chains)
+
+
+def test_two_nat_nics_each_with_their_dnat_and_snat() -> None:
+    firewall = rules({"ATTACH_IFACES": "eth0 net1"}, interfaces=(interface(), SECONDARY))
+    nat = firewall.save_lines("nat")
+    assert "-A KVMMGR-PREROUTING -d 10.10.0.5/32 -i net1 -j KVMMGR-DNAT-net1" in nat
+    assert "-A KVMMGR-DNAT-net1 -j DNAT --to-destination 192.168.254.6" in nat
+    assert "-A KVMMGR-POSTROUTING -s 192.168.254.6/32 -o net1 -j SNAT --to-source 10.10.0.5" in nat
+    assert "-A KVMMGR-OUTPUT -d 127.0.0.1/32 -j KVMMGR-DNAT-eth0" in nat  # the first NIC's
+    assert "-A KVMMGR-FORWARD ! -s 192.168.254.6/32 -i kvmbr1 -j DROP" in firewall.save_lines(
+        "filter"
+    )
+
+
+def test_ipv6_nat_on_a_dual_stack_pod() -> None:
+    dual = interface(
+        addresses6=(IPv6Interface("fd00:10:244::10/64"),), gateway6=IPv6Address("fd00:10:244::1")
+    )
+    firewall = rules({"NAT_EXCLUDE": "udp/5353"}, interfaces=(dual,))
+    assert (6, "nat") in firewall.tables and (6, "filter") in firewall.tables
+    assert firewall.save_lines("nat", 6) == [
+        "-A PREROUTING -j KVMMGR-PREROUTING",
+        "-A POSTROUTING -j KVMMGR-POSTROUTING",
+        "-A KVMMGR-PREROUTING -d fd00:10:244::10/128 -i eth0 -j KVMMGR-DNAT-eth0",
+        "-A KVMMGR-POSTROUTING -s fd00:6b76:6d::2/128 -o eth0 -j SNAT --to-source fd00:10:244::10",
+        "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 5900 -j RETURN",
+        "-A KVMMGR-DNAT-eth0 -p udp -m udp --dport 5353 -j RETURN",
+        "-A KVMMGR-DNAT-eth0 -j DNAT --to-destination fd00:6b76:6d::2",
+    ]
+    assert "-A KVMMGR-FORWARD ! -s fd00:6b76:6d::2/128 -i kvmbr0 -j DROP" in firewall.save_lines(
+        "filter", 6
+    )
+
+
+def test_bridge_mode_has_no_nat_and_only_dhcp_into_the_container() -> None:
+    firewall = rules({"NET_MODE": "bridge"})
+    assert firewall.tables == ((4, "filter"),)
+    assert firewall.save_lines("filter") == [
+        "-A INPUT -j KVMMGR-INPUT",
+        "-A KVMMGR-INPUT -i kvmbr0 -p udp -m udp --dport 67 -j RETURN",
+        "-A KVMMGR-INPUT -i kvmbr0 -j DROP",
+    ]
+    macvtap = rules({"NET_MODE": "macvtap"}).save_lines("filter")
+    assert "-A KVMMGR-INPUT -i kvmdhcp0 -j DROP" in macvtap

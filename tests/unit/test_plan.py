@@ -1,17 +1,17 @@
-"""The pure planner: the same inputs give the same plan; every decision is checked as data."""
+"""The pure planner: the same inputs give the same plan; every decision is checked as data.
+The NICs themselves (modes, addresses, routes): test_nics.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
 
 from kvmmgr.errors import ConfigError
-from kvmmgr.plan import QEMU_OVERHEAD_MIB, derive_mac
-from kvmmgr.pod import Devices, Limits, PodRoutes
+from kvmmgr.nics import derive_mac
+from kvmmgr.plan import QEMU_OVERHEAD_MIB
+from kvmmgr.pod import Devices, Limits
 from tests.unit.factories import plan, pod_facts
 
 
@@ -19,10 +19,12 @@ def test_plan_json_is_deterministic_and_complete() -> None:
     first = plan().to_json()
     assert first == plan().to_json()
     data = json.loads(first)
-    assert set(data) >= {"pod", "vm", "firewall", "dhcp", "disks", "config_drive", "qemu"}
-    assert data["pod_ip"] == "10.244.1.7/24"
-    assert data["vm"]["ip"] == "192.168.254.2"
-    assert data["vm"]["mac"] == derive_mac("vm-0")
+    assert set(data) >= {"pod", "vm", "nics", "firewall", "dhcp", "disks", "config_drive", "qemu"}
+    nic = data["nics"][0]
+    assert nic["mode"] == "nat" and nic["pod"]["name"] == "eth0"
+    assert nic["guest"]["address"] == "192.168.254.2/30"
+    assert nic["guest"]["mac"] == derive_mac("vm-0")
+    assert nic["link"]["pod_address"] == "10.244.1.7/24"
     assert data["disks"]["overlay"] == "/image/vm-0.qcow2"
     assert data["qemu"]["argv"][0] == "qemu-system-x86_64"
     paths = {f["path"] for f in data["config_drive"]["files"]}
@@ -34,6 +36,7 @@ def test_plan_json_is_deterministic_and_complete() -> None:
     assert data["config_drive"]["network_config"]["links"][0]["ethernet_mac_address"] == (
         derive_mac("vm-0")
     )
+    assert data["dhcp_guard"] is None  # NAT mode: DHCP stays on the VM's own bridge
 
 
 def test_plan_json_does_not_print_user_data() -> None:
@@ -57,44 +60,7 @@ def test_mac_is_stable_local_and_unicast() -> None:
 
 
 def test_vm_mac_overrides_the_derived_one() -> None:
-    assert plan({"VM_MAC": "52:54:00:00:00:01"}).vm.mac == "52:54:00:00:00:01"
-
-
-def test_first_pod_address_unless_pod_ip_names_another() -> None:
-    iface = dataclasses.replace(
-        pod_facts().interface,
-        addresses=(IPv4Interface("10.244.1.7/24"), IPv4Interface("10.244.1.8/24")),
-    )
-    facts = pod_facts(interface=iface)
-    assert plan(facts=facts).pod_ip == IPv4Interface("10.244.1.7/24")
-    chosen = plan({"POD_IP": "10.244.1.8"}, facts)
-    assert chosen.pod_ip == IPv4Interface("10.244.1.8/24")
-    assert (
-        "-A KVMMGR-PREROUTING -d 10.244.1.8/32 -i eth0 -j KVMMGR-DNAT"
-        in chosen.firewall.save_lines("nat")
-    )
-
-
-def test_pod_ip_that_is_not_on_the_interface() -> None:
-    with pytest.raises(ConfigError, match=r"POD_IP='10.244.1.9': expected one of the addresses"):
-        plan({"POD_IP": "10.244.1.9"})
-
-
-def test_interface_without_ipv4_address() -> None:
-    facts = pod_facts(interface=dataclasses.replace(pod_facts().interface, addresses=()))
-    with pytest.raises(ConfigError, match=r"POD_IFACE='eth0': expected an interface with an IPv4"):
-        plan(facts=facts)
-
-
-def test_vm_network_overlapping_the_pod_subnet() -> None:
-    with pytest.raises(ConfigError, match=r"VM_IP='10.244.1.2'.*overlaps the pod's network"):
-        plan({"VM_IP": "10.244.1.2", "VM_GW": "10.244.1.1"})
-
-
-def test_vm_network_overlapping_a_pod_route() -> None:
-    facts = pod_facts(routes=PodRoutes(IPv4Address("10.244.1.1"), (IPv4Network("192.168.0.0/16"),)))
-    with pytest.raises(ConfigError, match=r"overlaps a route of the pod 192.168.0.0/16"):
-        plan(facts=facts)
+    assert plan({"VM_MAC": "52:54:00:00:00:01"}).nics[0].guest.mac == "52:54:00:00:00:01"
 
 
 def test_memory_and_cpus_follow_the_container_limits() -> None:
@@ -142,7 +108,8 @@ def test_accel_tcg_is_honoured_even_with_kvm() -> None:
 
 def test_paths() -> None:
     p = plan(
-        {"IMAGE_DIR": "/cache", "VM_DIR": "/disks", "RUN_DIR": "/run/x"}, pod_facts(hostname="db-3")
+        {"IMAGE_DIR": "/cache", "VM_DIR": "/disks", "RUN_DIR": "/run/x"},
+        pod_facts(hostname="db-3"),
     )
     assert p.disks.base == Path("/cache/base.qcow2")
     assert p.disks.overlay == Path("/disks/db-3.qcow2")
@@ -152,3 +119,4 @@ def test_paths() -> None:
 
 def test_no_dhcp() -> None:
     assert plan({"NO_DHCP": "yes"}).dhcp is None
+    assert plan({"NO_DHCP": "yes", "NET_MODE": "bridge"}).dhcp_guard is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ def test_resolv_conf_keeps_every_nameserver_and_search_domain() -> None:
         "cluster.local",
         "corp.example",
     )
-    assert dns.ignored == ("fd00::10",)
+    assert dns.nameservers6 == (IPv6Address("fd00::10"),)
 
 
 def test_resolv_conf_last_search_or_domain_line_wins_and_duplicates_go() -> None:

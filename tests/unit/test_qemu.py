@@ -36,7 +36,7 @@ def test_default_argv() -> None:
     assert "media=cdrom" in drives[1] and "readonly=on" in drives[1]
     netdev = _option(argv, "-netdev")
     assert netdev == ["tap,id=net0,ifname=kvmtap0,script=no,downscript=no,vhost=off"]
-    mac = plan().vm.mac
+    mac = plan().nics[0].guest.mac
     assert f"virtio-net-pci,netdev=net0,mac={mac}" in _option(argv, "-device")
     assert _option(argv, "-vnc") == ["0.0.0.0:0"]
     assert q.vnc_password_file is None
@@ -89,3 +89,21 @@ def test_the_vnc_secret_is_written_private_and_removed_when_no_longer_set(tmp_pa
     assert secret.read_text() == "s3cret" and secret.stat().st_mode & 0o777 == 0o600
     write_vnc_password(plan({"RUN_DIR": str(tmp_path)}).qemu, None)
     assert not secret.exists()
+
+
+def test_one_netdev_per_nic_and_a_macvtap_by_file_descriptor() -> None:
+    from tests.unit.factories import interface
+    from tests.unit.test_nics import SECONDARY
+
+    two = plan(
+        {"ATTACH_IFACES": "eth0:macvtap net1:nat"}, pod_facts(interfaces=(interface(), SECONDARY))
+    )
+    argv = two.qemu.argv
+    assert _option(argv, "-netdev") == [
+        "tap,id=net0,fd=100,vhost=off",
+        "tap,id=net1,ifname=kvmtap1,script=no,downscript=no,vhost=off",
+    ]
+    macs = [nic.guest.mac for nic in two.nics]
+    assert f"virtio-net-pci,netdev=net0,mac={macs[0]}" in _option(argv, "-device")
+    assert f"virtio-net-pci,netdev=net1,mac={macs[1]}" in _option(argv, "-device")
+    assert two.qemu.macvtaps == (("kvmvtap0", 100),)
