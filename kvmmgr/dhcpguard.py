@@ -19,19 +19,30 @@ TABLE = "kvmmgr"
 
 
 @dataclass(frozen=True)
+class GuardedInterface:
+    name: str
+    # Frames from these MACs may carry DHCP in: a macvlan sends a frame to a sibling (the
+    # DHCP server's answer to the VM's macvtap) through the lower device's receive path.
+    inside: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GuardPlan:
-    interfaces: tuple[str, ...]
+    interfaces: tuple[GuardedInterface, ...]
     ruleset: str  # for `nft -f -`: replaces the table whole, in one transaction
 
 
-def build_guard(interfaces: Sequence[str]) -> GuardPlan:
+def build_guard(interfaces: Sequence[GuardedInterface]) -> GuardPlan:
     chains = []
     for iface in interfaces:
         for hook in ("ingress", "egress"):
+            match = ""
+            if hook == "ingress" and iface.inside:
+                match = "ether saddr != { " + ", ".join(iface.inside) + " } "
             chains.append(
-                f"  chain {hook}-{iface} {{\n"
-                f'    type filter hook {hook} device "{iface}" priority 0; policy accept;\n'
-                "    udp dport { 67, 68 } drop\n"
+                f"  chain {hook}-{iface.name} {{\n"
+                f'    type filter hook {hook} device "{iface.name}" priority 0; policy accept;\n'
+                f"    {match}udp dport {{ 67, 68 }} drop\n"
                 "  }"
             )
     ruleset = (

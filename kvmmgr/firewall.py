@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -155,11 +155,23 @@ def _return_for(spec: PortSpec) -> Rule:
 def apply_firewall(plan: FirewallPlan) -> None:
     """Install the plan: one atomic commit per table; chains no longer planned are removed
     (also from a table the plan no longer uses at all, such as ip6tables' after a pod lost
-    its IPv6)."""
+    its IPv6).
+
+    IPv6 goes first, in a child process. xtables registers an extension's targets for the
+    address family of the moment it is loaded (SNAT, DNAT: libxt_NAT.so), once per process:
+    after IPv4 loaded them, python-iptables cannot find their IPv6 side, and reloading them
+    is fatal. The child has loaded nothing yet."""
+    _in_child(lambda: _apply_family(plan, 6))
+    _apply_family(plan, 4)
+
+
+def _apply_family(plan: FirewallPlan, family: Family) -> None:
     import iptc  # imported here: its import probes the system and takes a fraction of a second
 
     with _xtables_lock():
-        for family, table_name in TABLES:
+        for table_family, table_name in TABLES:
+            if table_family != family:
+                continue
             chains = [c for c in plan.chains if (c.family, c.table) == (family, table_name)]
             try:
                 table = (iptc.Table if family == 4 else iptc.Table6)(table_name)
@@ -179,6 +191,30 @@ def apply_firewall(plan: FirewallPlan) -> None:
                 ) from exc
             finally:
                 table.autocommit = True
+
+
+def _in_child(action: Callable[[], None]) -> None:
+    """Run `action` in a forked child; its StepError comes back as ours."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running the parent's cleanup
+        os.close(read)
+        status = 0
+        try:
+            action()
+        except StepError as exc:
+            os.write(write, str(exc).encode())
+            status = 1
+        except BaseException as exc:
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            status = 1
+        os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise StepError(message or f"the IPv6 firewall step failed (status {status})")
 
 
 def _fill_table(iptc: Any, table: Any, chains: list[Chain], family: Family) -> None:

@@ -104,7 +104,7 @@ def _macvtap(ipr: Any, nic: NicPlan, link: MacvtapLink) -> None:
     vtap = _ensure_link(ipr, link.macvtap, "macvtap", options)
     ipr.link("set", index=vtap, address=nic.guest.mac, mtu=nic.guest.mtu, state="up")
     server = _ensure_link(ipr, link.server_link, "macvlan", {"link": pod, "macvlan_mode": "bridge"})
-    ipr.link("set", index=server, mtu=nic.guest.mtu, state="up")
+    ipr.link("set", index=server, address=link.server_mac, mtu=nic.guest.mtu, state="up")
     _ensure_only_address(ipr, server, link.server_link, link.server)
 
 

@@ -53,6 +53,7 @@ class MacvtapLink:
     kind: Literal["macvtap"]
     macvtap: str  # on the pod interface, with the pod's MAC: QEMU's NIC
     server_link: str  # a macvlan beside it for the container's DHCP server
+    server_mac: str  # stable, so that the DHCP guard can let its frames to the VM through
     server: IPv4Interface
     fd: int  # the file descriptor QEMU is given for the macvtap's device
 
@@ -101,7 +102,14 @@ def build_nics(
                 hostname=hostname,
             )
         else:
-            nic = _identity_nic(mode, number, interface, address, routed)
+            nic = _identity_nic(
+                mode,
+                number=number,
+                interface=interface,
+                address=address,
+                routed=routed,
+                hostname=hostname,
+            )
             if number == 0 and settings.vm_mac:
                 notes.append(f"VM_MAC is not used: in {mode} mode the VM takes {interface.name}'s")
         nics.append(nic)
@@ -158,7 +166,13 @@ def _nat_nic(
 
 
 def _identity_nic(
-    mode: NetMode, number: int, interface: PodInterface, address: IPv4Interface, routed: bool
+    mode: NetMode,
+    *,
+    number: int,
+    interface: PodInterface,
+    address: IPv4Interface,
+    routed: bool,
+    hostname: str,
 ) -> NicPlan:
     """bridge or macvtap: the VM gets what the pod interface had."""
     routes = [r for r in interface.routes if routed or not r.is_default]
@@ -179,8 +193,11 @@ def _identity_nic(
     if mode == "bridge":
         link = BridgeLink("bridge", f"kvmbr{number}", f"kvmtap{number}", server)
     else:
-        fd = MACVTAP_FD_BASE + number
-        link = MacvtapLink("macvtap", f"kvmvtap{number}", f"kvmdhcp{number}", server, fd)
+        server_mac = derive_mac(f"{hostname}/{interface.name}/dhcp")
+        link = MacvtapLink(
+            "macvtap", f"kvmvtap{number}", f"kvmdhcp{number}", server_mac, server,
+            MACVTAP_FD_BASE + number,
+        )  # fmt: skip
     return NicPlan(number, mode, interface, guest, link)
 
 

@@ -16,12 +16,12 @@ from kvmmgr.cloudconfig import GuestNetwork
 from kvmmgr.config import Settings
 from kvmmgr.configdrive import ConfigDrivePlan, DriveInputs, build_config_drive
 from kvmmgr.dhcp import DhcpPlan, build_dhcp
-from kvmmgr.dhcpguard import GuardPlan, build_guard
+from kvmmgr.dhcpguard import GuardedInterface, GuardPlan, build_guard
 from kvmmgr.errors import ConfigError
 from kvmmgr.firewall import FirewallPlan, build_firewall
 from kvmmgr.image import DiskPlan, build_disks
 from kvmmgr.network import NetworkPlan, build_network
-from kvmmgr.nics import NicPlan, build_nics
+from kvmmgr.nics import MacvtapLink, NicPlan, build_nics
 from kvmmgr.pod import PodFacts
 from kvmmgr.qemu import QemuPlan, build_qemu
 
@@ -92,7 +92,7 @@ def make_plan(
             log_to_file=not exec_qemu,
             extra_args=settings.dnsmasq_opts,
         )
-        shared = [nic.pod.name for nic in nics if nic.mode != "nat"]
+        shared = [_guarded(nic) for nic in nics if nic.mode != "nat"]
         guard = build_guard(shared) if shared else None
     config_drive = None
     if settings.config_drive_format is not None:
@@ -132,6 +132,12 @@ def make_plan(
         qemu=qemu,
         notes=tuple(notes),
     )
+
+
+def _guarded(nic: NicPlan) -> GuardedInterface:
+    if isinstance(nic.link, MacvtapLink):
+        return GuardedInterface(nic.pod.name, (nic.guest.mac, nic.link.server_mac))
+    return GuardedInterface(nic.pod.name)
 
 
 def disks_of(settings: Settings, hostname: str) -> DiskPlan:

@@ -160,7 +160,8 @@ def _firewall(plan: Plan) -> str:
 
 def _guard(guard: GuardPlan) -> str:
     dhcpguard.apply_guard(guard)
-    return f"DHCP does not cross {', '.join(guard.interfaces)} (nftables table netdev kvmmgr)"
+    names = ", ".join(iface.name for iface in guard.interfaces)
+    return f"DHCP does not cross {names} (nftables table netdev kvmmgr)"
 
 
 def _dhcp(plan: Plan) -> str:

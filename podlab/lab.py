@@ -127,10 +127,11 @@ class KvmManager:
 class PodLab:
     """The whole pod on this machine; everything it made is removed by `close()`."""
 
-    def __init__(self, workdir: Path, image: Path | None = None) -> None:
+    def __init__(self, workdir: Path, image: Path | None = None, **network: Any) -> None:
+        """`network`: PodNetwork's variants (routed, dual_stack, secondary)."""
         self.workdir = workdir
         self.volumes = workdir / "volumes"
-        self.net = PodNetwork.create()
+        self.net = PodNetwork.create(**network)
         self._servers: list[subprocess.Popen[bytes]] = []
         self._containers: list[str] = []
         self._runs = 0

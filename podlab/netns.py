@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PREFIX = "kvmt-"
 NETNS_DIR = Path("/run/netns")
@@ -120,7 +121,11 @@ def sweep_stale() -> list[str]:
 @dataclass(frozen=True)
 class PodNetwork:
     """A "node" and a "pod" namespace joined by a veth, as a CNI plugin would leave them:
-    the pod's `eth0` holds the pod IP with a default route via the node."""
+    the pod's `eth0` holds the pod IP with a default route via the node. Variants:
+    - routed: as Calico does it, a /32 pod address and a default route via 169.254.1.1 on-link,
+      which the node answers for by proxy ARP;
+    - dual_stack: IPv6 too, with a default route via the node;
+    - secondary: a second network on `net1` (a Multus attachment), to a second node link."""
 
     node: Namespace
     pod: Namespace
@@ -128,16 +133,25 @@ class PodNetwork:
     pod_ip: str = "10.244.0.10"
     prefix: int = 24
     mtu: int = 1450  # an overlay network's MTU: not the default, so it is seen to travel
+    routed: bool = False
+    dual_stack: bool = False
+    secondary: bool = False
+    node_ip6: str = "fd00:10:244::1"
+    pod_ip6: str = "fd00:10:244::10"
+    net1_node_ip: str = "10.10.0.1"
+    net1_pod_ip: str = "10.10.0.5"
+
+    ROUTED_GATEWAY = "169.254.1.1"
 
     @classmethod
-    def create(cls, **addresses: str | int) -> PodNetwork:
+    def create(cls, **options: Any) -> PodNetwork:
         node = Namespace.create("node")
         try:
             pod = Namespace.create("pod")
         except BaseException:
             node.delete()
             raise
-        net = cls(node, pod, **addresses)  # type: ignore[arg-type]
+        net = cls(node, pod, **options)
         try:
             net._wire()
         except BaseException:
@@ -151,11 +165,42 @@ class PodNetwork:
             "link", "add", "eth0", "mtu", mtu, "type", "veth",
             "peer", "name", "veth0", "mtu", mtu, "netns", self.node.name,
         )  # fmt: skip
-        self.node.ip("addr", "add", f"{self.node_ip}/{self.prefix}", "dev", "veth0")
         self.node.ip("link", "set", "veth0", "up")
-        self.pod.ip("addr", "add", f"{self.pod_ip}/{self.prefix}", "dev", "eth0")
         self.pod.ip("link", "set", "eth0", "up")
-        self.pod.ip("route", "add", "default", "via", self.node_ip)
+        if self.routed:
+            self._wire_routed()
+        else:
+            self.node.ip("addr", "add", f"{self.node_ip}/{self.prefix}", "dev", "veth0")
+            self.pod.ip("addr", "add", f"{self.pod_ip}/{self.prefix}", "dev", "eth0")
+            self.pod.ip("route", "add", "default", "via", self.node_ip)
+        if self.dual_stack:
+            self.node.ip("-6", "addr", "add", f"{self.node_ip6}/64", "dev", "veth0", "nodad")
+            self.pod.ip("-6", "addr", "add", f"{self.pod_ip6}/64", "dev", "eth0", "nodad")
+            self.pod.ip("-6", "route", "add", "default", "via", self.node_ip6)
+        if self.secondary:
+            peer = ("peer", "name", "veth1", "netns", self.node.name)
+            self.pod.ip("link", "add", "net1", "type", "veth", *peer)
+            self.node.ip("addr", "add", f"{self.net1_node_ip}/24", "dev", "veth1")
+            self.pod.ip("addr", "add", f"{self.net1_pod_ip}/24", "dev", "net1")
+            self.node.ip("link", "set", "veth1", "up")
+            self.pod.ip("link", "set", "net1", "up")
+
+    def _wire_routed(self) -> None:
+        """The pod: its address alone (/32) and 169.254.1.1 on-link. The node: a route to the
+        pod's address and proxy ARP on the veth. Proxy ARP answers for addresses the node
+        routes elsewhere, so the node gets an uplink with a default route too."""
+        gateway = self.ROUTED_GATEWAY
+        self.pod.ip("addr", "add", f"{self.pod_ip}/32", "dev", "eth0")
+        self.pod.ip("route", "add", f"{gateway}/32", "dev", "eth0", "scope", "link")
+        self.pod.ip("route", "add", "default", "via", gateway, "dev", "eth0", "onlink")
+        self.node.ip("addr", "add", f"{self.node_ip}/32", "dev", "veth0")
+        self.node.ip("route", "add", f"{self.pod_ip}/32", "dev", "veth0")
+        self.node.run("sysctl", "-q", "-w", "net.ipv4.conf.veth0.proxy_arp=1")
+        self.node.ip("link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
+        self.node.ip("addr", "add", "169.254.99.1/30", "dev", "uplink0")
+        self.node.ip("link", "set", "uplink0", "up")
+        self.node.ip("link", "set", "uplink1", "up")
+        self.node.ip("route", "add", "default", "via", "169.254.99.2")
 
     def delete(self) -> None:
         self.pod.delete()

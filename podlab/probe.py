@@ -9,6 +9,7 @@ what is right. The servers print `ready` once listening, then serve until killed
     probe rfb HOST PORT          VNC: the RFB banner and the security types offered
     probe serve NAME PORT...     answer on TCP and UDP PORTs with "NAME proto/port from PEER"
     probe httpd DIR BIND PORT LOG  serve DIR over HTTP, one JSON line per request in LOG
+    probe sniff IFACE SECONDS PORT...  count the UDP packets to PORTs on IFACE
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import contextlib
 import functools
 import json
 import socket
+import struct
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +46,8 @@ def tcp(host: str, port: int) -> dict[str, Any]:
 
 def udp(host: str, port: int) -> dict[str, Any]:
     payload = f"probe-{port}"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(TIMEOUT)
         sock.sendto(payload.encode(), (host, port))
         try:
@@ -118,6 +122,32 @@ def _serve_udp(name: str, port: int, server: socket.socket) -> None:
         server.sendto(f"{name} udp/{port} from {peer[0]}".encode(), peer)
 
 
+def sniff(iface: str, seconds: float, ports: list[int]) -> None:
+    """Count the IPv4 UDP packets to `ports` seen on `iface` for `seconds` (a packet socket:
+    everything the link carries, whoever it is for). Prints `ready`, then one JSON line."""
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
+    raw.bind((iface, 0))
+    raw.settimeout(0.2)
+    print("ready", flush=True)
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            frame = raw.recv(65535)
+        except TimeoutError:
+            continue
+        if frame[12:14] != b"\x08\x00" or frame[23] != 17:  # IPv4, UDP
+            continue
+        udp = 14 + (frame[14] & 0x0F) * 4
+        source, target = struct.unpack("!HH", frame[udp : udp + 4])
+        if target in ports:
+            seen.append(f"{frame[6:12].hex(':')} udp {source}->{target}")
+    print(json.dumps({"count": len(seen), "seen": seen[:10]}), flush=True)
+
+
+ETH_P_ALL = 0x0003
+
+
 class _LoggingHandler(SimpleHTTPRequestHandler):
     log_path: Path
 
@@ -141,6 +171,8 @@ def main(argv: list[str]) -> int:
         serve(args[0], [int(p) for p in args[1:]])
     elif kind == "httpd":
         httpd(args[0], args[1], int(args[2]), args[3])
+    elif kind == "sniff":
+        sniff(args[0], float(args[1]), [int(p) for p in args[2:]])
     else:
         checks = {"tcp": tcp, "udp": udp, "rfb": rfb}
         result = http_get(args[0]) if kind == "http" else checks[kind](args[0], int(args[1]))

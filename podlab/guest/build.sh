@@ -148,6 +148,7 @@ for m in $MODULES; do
 done
 
 gcc -static -Os -s -o "$R/bin/udpecho" "$SRC/udpecho.c"
+gcc -static -Os -s -o "$R/bin/dhcp6c" "$SRC/dhcp6c.c"
 cp -a "$SRC/rootfs/." "$R/"
 cp "$SRC/init.sh" "$R/init"
 chmod 755 "$R/init" "$R/etc/udhcpc.script" "$R/etc/acpi/PWRF/00000080" "$R"/www/cgi-bin/*

@@ -33,22 +33,36 @@ up; log "modules loaded, uptime=$UP"
 # acpid opens /dev/input/event0..N once, at start: start it after the modules.
 acpid -l /run/acpid.log || log "acpid failed to start"
 
-# Network link, then DHCP in the background while the drives are looked at.
+# Network: every NIC (eth0, eth1, ...) asks DHCP for its address, in the background while the
+# drives are looked at; eth0 also asks DHCPv6 (kvm-manager serves it on a dual-stack pod).
 i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+sleep 0.2                               # NICs are probed together: let the others appear too
 LINK=no
-if [ -e /sys/class/net/eth0 ]; then
+for dev in /sys/class/net/eth*; do
+	[ -e "$dev" ] || continue
 	LINK=yes
-	ip link set dev eth0 up
-	read -r MAC </sys/class/net/eth0/address
-	read -r MTU </sys/class/net/eth0/mtu
-	mark LINK iface=eth0 mac=$MAC mtu=$MTU
-	up; DHCP_DEADLINE=$((${UP%.*} + 20))
+	iface=${dev##*/}
+	ip link set dev "$iface" up
+	read -r MAC <"$dev/address"
+	read -r MTU <"$dev/mtu"
+	mark LINK iface=$iface mac=$MAC mtu=$MTU
 	# -f: stay in the foreground (of this background job) and keep renewing the lease;
 	# retries forever, so a lease obtained after KVMTEST_DHCP_FAILED still prints KVMTEST_DHCP.
-	udhcpc -f -i eth0 -s /etc/udhcpc.script -t 5 -T 1 -A 1 \
+	udhcpc -f -i "$iface" -s /etc/udhcpc.script -t 5 -T 1 -A 1 \
 		-O subnet -O router -O dns -O domain -O search -O mtu -O hostname \
-		-O staticroutes -O broadcast >/run/udhcpc.log 2>&1 &
+		-O staticroutes -O broadcast >"/run/udhcpc-$iface.log" 2>&1 &
+done
+if [ $LINK = yes ]; then
+	up; DHCP_DEADLINE=$((${UP%.*} + 20))
+	(
+		if lease=$(dhcp6c eth0 2>/dev/null) && set -- $lease && ip -6 addr add "$1/64" dev eth0; then
+			echo "$1" >/www/ip6
+			up; mark DHCP6 iface=eth0 ip=$1 dns=$2 uptime=$UP
+		else
+			mark DHCP6_NONE iface=eth0
+		fi
+	) &
 else
 	mark NO_LINK iface=eth0
 fi

@@ -6,7 +6,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface
 from pathlib import Path
 
 from kvmmgr.dhcp import DhcpPlan
-from kvmmgr.dhcpguard import build_guard
+from kvmmgr.dhcpguard import GuardedInterface, build_guard
+from kvmmgr.nics import MacvtapLink
 from kvmmgr.pod import PodDns, Route
 from tests.unit.factories import interface, plan, pod_facts
 from tests.unit.test_nics import SECONDARY
@@ -103,7 +104,7 @@ def test_dual_stack_nat_adds_router_advertisements_and_dhcpv6() -> None:
 
 
 def test_the_dhcp_guard_ruleset() -> None:
-    guard = build_guard(["eth0", "net1"])
+    guard = build_guard([GuardedInterface("eth0"), GuardedInterface("net1")])
     assert guard.ruleset.splitlines()[:2] == [
         "table netdev kvmmgr {}",
         "delete table netdev kvmmgr",
@@ -115,4 +116,13 @@ def test_the_dhcp_guard_ruleset() -> None:
                 in guard.ruleset
             )
     assert guard.ruleset.count("udp dport { 67, 68 } drop") == 4
-    assert plan({"NET_MODE": "bridge"}).dhcp_guard == build_guard(["eth0"])
+    assert plan({"NET_MODE": "bridge"}).dhcp_guard == build_guard([GuardedInterface("eth0")])
+    macvtap = plan({"NET_MODE": "macvtap"})
+    nic = macvtap.nics[0]
+    assert isinstance(nic.link, MacvtapLink)
+    assert macvtap.dhcp_guard is not None
+    inside = (
+        f"ether saddr != {{ {nic.guest.mac}, {nic.link.server_mac} }} udp dport {{ 67, 68 }} drop"
+    )
+    assert inside in macvtap.dhcp_guard.ruleset  # only in: the server's answer to the VM
+    assert macvtap.dhcp_guard.ruleset.count(inside) == 1
