@@ -75,6 +75,14 @@ VALUE_SETS: dict[str, Values] = {
     "device-plugin": with_source(
         {"devices": {"tunResource": "squat.ai/tun", "vhostNetResource": "squat.ai/vhost-net"}}
     ),
+    "network-modes": with_source(
+        {
+            "vm": {"netMode": "bridge", "attachIfaces": ["eth0", "net1:macvtap"], "ip6": "fd12::2"},
+            "sysctls": {"enabled": True, "ipv6Forwarding": True},
+            "securityContext": {"privileged": True},
+            "vms": {"nat": {"vm": {"netMode": "nat", "attachIfaces": []}}},
+        }
+    ),
     "host-path-devices": with_source(
         {"devices": {"hostPath": True}, "securityContext": {"privileged": True}}
     ),

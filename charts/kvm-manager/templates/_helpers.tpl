@@ -232,6 +232,22 @@ The kvm-manager container's environment (context: a VM).
 - name: NAT_EXCLUDE
   value: {{ join " " . | quote }}
 {{- end }}
+{{- if ne ($vm.netMode | default "nat") "nat" }}
+- name: NET_MODE
+  value: {{ $vm.netMode | quote }}
+{{- end }}
+{{- with $vm.attachIfaces }}
+- name: ATTACH_IFACES
+  value: {{ join " " . | quote }}
+{{- end }}
+{{- with $vm.selectedNetwork }}
+- name: SELECTED_NETWORK
+  value: {{ . | quote }}
+{{- end }}
+{{- with $vm.ip6 }}
+- name: VM_IP6
+  value: {{ . | quote }}
+{{- end }}
 {{- if not $vm.dhcp }}
 - name: NO_DHCP
   value: "true"
@@ -286,4 +302,20 @@ The Service ports of one VM (context: a VM), as YAML {ports: [...]}: service.por
 {{- $ports = append $ports (dict "name" "vnc" "port" 5900 "targetPort" 5900 "protocol" "TCP") }}
 {{- end }}
 {{- toYaml (dict "ports" $ports) }}
+{{- end }}
+
+
+{{/*
+"true" when a VM has a NIC in macvtap mode (context: a VM): each attached interface's mode is
+its ":mode", else netMode; no attachIfaces means eth0 in netMode.
+*/}}
+{{- define "kvm-manager.usesMacvtap" -}}
+{{- $mode := .v.vm.netMode | default "nat" }}
+{{- $found := false }}
+{{- range (.v.vm.attachIfaces | default (list "eth0")) }}
+{{- if eq (ternary (splitList ":" . | last) $mode (contains ":" .)) "macvtap" }}
+{{- $found = true }}
+{{- end }}
+{{- end }}
+{{- if $found }}true{{ end }}
 {{- end }}
