@@ -4,6 +4,8 @@ here; the e2e suite boots a guest in each mode)."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +61,22 @@ def test_an_attached_interface_that_does_not_exist(lab: PodLab) -> None:
     done = lab.cli("setup", ATTACH_IFACES="eth0:nat net7:bridge")
     assert done.returncode == 2
     assert "ATTACH_IFACES='net7': expected an existing network interface" in done.stderr
+
+
+def test_attach_all_gives_a_nic_per_interface_with_an_address(tmp_path: Path) -> None:
+    image = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    with PodLab(tmp_path / "lab", image, secondary=True) as lab:
+        done = lab.cli("plan", "--json", ATTACH_IFACES="all", NET_MODE="bridge")
+        assert done.returncode == 0, done.stderr
+        nics = json.loads(done.stdout)["nics"]
+        assert [(n["pod"]["name"], n["mode"]) for n in nics] == [
+            ("eth0", "bridge"),
+            ("net1", "bridge"),
+        ]
+        assert [n["guest"]["address"] for n in nics] == [
+            f"{lab.net.pod_ip}/{lab.net.prefix}",
+            f"{lab.net.net1_pod_ip}/24",
+        ]
+        assert nics[0]["guest"]["router"] == lab.net.node_ip  # the default route's interface
+        assert nics[1]["guest"]["router"] is None
