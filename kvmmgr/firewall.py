@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from kvmmgr.config import PortSpec
 from kvmmgr.errors import StepError
+from kvmmgr.iptcload import load_iptc
 from kvmmgr.nics import NatLink, NicPlan
 
 PREFIX = "KVMMGR-"
@@ -160,13 +161,15 @@ def apply_firewall(plan: FirewallPlan) -> None:
     IPv6 goes first, in a child process. xtables registers an extension's targets for the
     address family of the moment it is loaded (SNAT, DNAT: libxt_NAT.so), once per process:
     after IPv4 loaded them, python-iptables cannot find their IPv6 side, and reloading them
-    is fatal. The child has loaded nothing yet."""
+    is fatal. The child has loaded nothing yet. (The import itself loads no extension: it
+    happens once, here, and the child inherits it.)"""
+    load_iptc()
     _in_child(lambda: _apply_family(plan, 6))
     _apply_family(plan, 4)
 
 
 def _apply_family(plan: FirewallPlan, family: Family) -> None:
-    import iptc  # imported here: its import probes the system and takes a fraction of a second
+    iptc = load_iptc()
 
     with _xtables_lock():
         for table_family, table_name in TABLES:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from kvmmgr import (
     configdrive,
@@ -31,14 +33,16 @@ def prepare(
     settings: Settings, extra_qemu_args: Sequence[str] = (), *, exec_qemu: bool = True
 ) -> Plan:
     """Steps 1-3: observe the pod, read the inputs, plan. Changes nothing."""
-    facts = pod.observe(settings, podmemory.load(settings.run_dir))
-    inputs = (
-        configdrive.read_inputs(settings.drive_inputs)
-        if settings.config_drive_format is not None
-        else configdrive.DriveInputs(None, None)
-    )
-    plan = make_plan(settings, facts, inputs, extra_qemu_args, exec_qemu=exec_qemu)
-    image.check_available(plan.disks)
+    with timed("observe"):
+        facts = pod.observe(settings, podmemory.load(settings.run_dir))
+    with timed("plan"):
+        inputs = (
+            configdrive.read_inputs(settings.drive_inputs)
+            if settings.config_drive_format is not None
+            else configdrive.DriveInputs(None, None)
+        )
+        plan = make_plan(settings, facts, inputs, extra_qemu_args, exec_qemu=exec_qemu)
+        image.check_available(plan.disks)
     return plan
 
 
@@ -47,7 +51,8 @@ def setup(
 ) -> Plan:
     """Steps 1-8: everything but the exec. Every check comes before the first change."""
     plan = prepare(settings, extra_qemu_args, exec_qemu=exec_qemu)
-    preflight.check(plan)
+    with timed("preflight"):
+        preflight.check(plan)
     log_plan(plan)
     apply(plan, settings)
     return plan
@@ -114,7 +119,17 @@ def apply(plan: Plan, settings: Settings) -> None:
 
 
 def _step(name: str, action: Callable[[], str]) -> None:
-    log.info("%s: %s", name, action())
+    with timed(name):
+        what = action()
+    log.info("%s: %s", name, what)
+
+
+@contextmanager
+def timed(name: str) -> Iterator[None]:
+    """With DEBUG on, `timing: NAME 1.2 ms` (benchmarks/startup.py reads these lines)."""
+    start = time.perf_counter()
+    yield
+    log.debug("timing: %s %.1f ms", name, (time.perf_counter() - start) * 1000)
 
 
 def _network(plan: Plan) -> str:

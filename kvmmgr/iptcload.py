@@ -1,0 +1,89 @@
+"""Import python-iptables in milliseconds instead of a quarter of a second.
+
+At import, python-iptables looks for libxtables, libip4tc, libip6tc, libc and its own
+libxtwrapper through ctypes.util.find_library, which runs `ldconfig -p` and, for a library
+ldconfig does not know (libxtwrapper lives in site-packages), gcc and ld; it runs
+`ldconfig -N -v` to find the xtables extensions; and it imports distutils (setuptools' copy in
+a virtualenv, itself slow) for a path it only needs as a last resort. Everything it looks for
+sits in the system's library directory or next to the iptc package: we name those places
+through the variables python-iptables documents, and answer its find_library calls from the
+library directories, during the import only.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.util
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+
+def load_iptc() -> ModuleType:
+    if "iptc" in sys.modules:
+        return sys.modules["iptc"]
+    libdirs = library_dirs()
+    xtables = find_versioned("xtables", libdirs)
+    if xtables is not None:
+        os.environ.setdefault("XTABLES_LIBDIR", str(xtables.parent / "xtables"))
+        os.environ.setdefault("PYTHON_IPTABLES_XTABLES_VERSION", xtables.name.split(".so.")[1])
+        os.environ.setdefault("IPTABLES_LIBDIR", f"{xtables.parent}:{_site_packages()}")
+    with _find_library_in(libdirs), _without_distutils():
+        import iptc  # noqa: F401  (the import is the point)
+    return sys.modules["iptc"]
+
+
+def library_dirs() -> list[Path]:
+    arch = sysconfig.get_config_var("MULTIARCH")
+    named = [f"/usr/lib/{arch}", f"/lib/{arch}"] if arch else []
+    candidates = (*named, "/usr/lib64", "/lib64", "/usr/lib", "/lib")
+    return [Path(d) for d in candidates if Path(d).is_dir()]
+
+
+def find_versioned(name: str, libdirs: list[Path]) -> Path | None:
+    """lib<name>.so.<version>, as the dynamic loader would take it (the lowest name sorts
+    first: libxtables.so.12 before libxtables.so.12.7.0)."""
+    for libdir in libdirs:
+        found = sorted(libdir.glob(f"lib{name}.so.*"), key=lambda p: len(p.name))
+        if found:
+            return found[0]
+    return None
+
+
+def _site_packages() -> Path:
+    """Where pip puts libxtwrapper: beside the iptc package."""
+    spec = importlib.util.find_spec("iptc")
+    assert spec is not None and spec.origin is not None, "python-iptables is not installed"
+    return Path(spec.origin).parent.parent
+
+
+@contextmanager
+def _find_library_in(libdirs: list[Path]) -> Iterator[None]:
+    original = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        found = find_versioned(name, libdirs)
+        return found.name if found is not None else original(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = original
+
+
+@contextmanager
+def _without_distutils() -> Iterator[None]:
+    """iptc.util falls back to sysconfig when distutils cannot be imported."""
+    if "distutils" in sys.modules:
+        yield
+        return
+    sys.modules["distutils"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        del sys.modules["distutils"]
