@@ -13,15 +13,17 @@ import fcntl
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from kvmmgr.config import PortSpec
 from kvmmgr.errors import StepError
-from kvmmgr.iptcload import load_iptc
+from kvmmgr.libload import load_iptc
 from kvmmgr.nics import NatLink, NicPlan
 
 PREFIX = "KVMMGR-"
 VNC_PORT = 5900
+MULTIPORT_SLOTS = 15  # xt_multiport's limit per rule
 XTABLES_LOCK = "/run/xtables.lock"  # the lock the iptables commands take; we take it too
 Family = Literal[4, 6]
 TABLES: tuple[tuple[Family, str], ...] = ((4, "nat"), (4, "filter"), (6, "nat"), (6, "filter"))
@@ -61,7 +63,7 @@ def build_firewall(
     """The rule set of every NIC: DNAT/SNAT for the NAT ones (IPv6 too on a dual-stack pod),
     and nothing but DHCP into the container from the VM's side in the other modes."""
     kept = ([PortSpec("tcp", VNC_PORT, VNC_PORT)] if keep_vnc else []) + list(exclude)
-    rules = _Rules(tuple(_return_for(spec) for spec in kept), keep_vnc)
+    rules = _Rules(_returns_for(kept), keep_vnc)
     nat = [(nic, nic.link) for nic in nics if isinstance(nic.link, NatLink)]
     for nic, link in nat:
         rules.nat4(nic, link)
@@ -148,9 +150,40 @@ class _Rules:
         return tuple(hooked + own)
 
 
-def _return_for(spec: PortSpec) -> Rule:
-    ports = str(spec.first) if spec.first == spec.last else f"{spec.first}:{spec.last}"
-    return f"-p {spec.protocol} -m {spec.protocol} --dport {ports} -j RETURN"
+def _returns_for(kept: Sequence[PortSpec]) -> tuple[Rule, ...]:
+    """RETURN rules for the kept ports, by protocol: a protocol with one item gets a plain
+    rule; more share multiport rules, so 500 kept ports cost 34 rules rather than 500 (each
+    rule costs time at every start, and every new connection walks them)."""
+    by_protocol: dict[str, list[PortSpec]] = {}
+    for spec in kept:
+        by_protocol.setdefault(spec.protocol, []).append(spec)
+    rules: list[Rule] = []
+    for protocol, specs in by_protocol.items():
+        if len(specs) == 1:
+            rules.append(f"-p {protocol} -m {protocol} --dport {_ports(specs[0])} -j RETURN")
+            continue
+        for chunk in _multiport_chunks(specs):
+            ports = ",".join(_ports(spec) for spec in chunk)
+            rules.append(f"-p {protocol} -m multiport --dports {ports} -j RETURN")
+    return tuple(rules)
+
+
+def _multiport_chunks(specs: Sequence[PortSpec]) -> Iterator[list[PortSpec]]:
+    """The multiport match takes 15 ports a rule, a range counting as two."""
+    chunk: list[PortSpec] = []
+    used = 0
+    for spec in specs:
+        slots = 1 if spec.first == spec.last else 2
+        if used + slots > MULTIPORT_SLOTS:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(spec)
+        used += slots
+    yield chunk
+
+
+def _ports(spec: PortSpec) -> str:
+    return str(spec.first) if spec.first == spec.last else f"{spec.first}:{spec.last}"
 
 
 def apply_firewall(plan: FirewallPlan) -> None:
@@ -164,8 +197,19 @@ def apply_firewall(plan: FirewallPlan) -> None:
     is fatal. The child has loaded nothing yet. (The import itself loads no extension: it
     happens once, here, and the child inherits it.)"""
     load_iptc()
-    _in_child(lambda: _apply_family(plan, 6))
+    if any(chain.family == 6 for chain in plan.chains) or _ip6_tables_in_use():
+        _in_child(lambda: _apply_family(plan, 6))
     _apply_family(plan, 4)
+
+
+def _ip6_tables_in_use(names: Path = Path("/proc/net/ip6_tables_names")) -> bool:
+    """Whether this network namespace has an ip6tables table that could hold chains of ours.
+    The kernel makes a namespace's tables on first use, so a fresh pod has none and needs no
+    IPv6 cleanup (nor the child process it costs). Unreadable: assume it has."""
+    try:
+        return bool({"nat", "filter"} & set(names.read_text().split()))
+    except OSError:
+        return True
 
 
 def _apply_family(plan: FirewallPlan, family: Family) -> None:

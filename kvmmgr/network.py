@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmmgr.errors import StepError
+from kvmmgr.libload import load_iproute
 from kvmmgr.nics import BridgeLink, MacvtapLink, NatLink, NicPlan
 
 TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE of a tap (layer 2) device, as opposed to tun (1)
@@ -60,9 +61,7 @@ def build_network(nics: tuple[NicPlan, ...]) -> NetworkPlan:
 
 
 def apply_network(plan: NetworkPlan) -> None:
-    from pyroute2 import IPRoute  # imported here: a fraction of a second, only needed now
-    from pyroute2.netlink.exceptions import NetlinkError
-
+    IPRoute, NetlinkError = load_iproute()
     try:
         with IPRoute() as ipr:
             for nic in plan.nics:
@@ -142,8 +141,7 @@ def _ensure_bridge_with_tap(ipr: Any, bridge_name: str, tap_name: str, mtu: int)
 
 
 def _ensure_link(ipr: Any, name: str, kind: str, options: dict[str, object]) -> int:
-    from pyroute2.netlink.exceptions import NetlinkError
-
+    _, NetlinkError = load_iproute()
     index = _lookup(ipr, name)
     if index is None:
         create_kind = "tuntap" if kind == "tun" else kind

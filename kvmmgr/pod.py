@@ -23,6 +23,7 @@ from typing import Any
 
 from kvmmgr.config import Attachment, Settings, check_hostname
 from kvmmgr.errors import ConfigError
+from kvmmgr.libload import load_iproute
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 OUR_PREFIX = "kvm"  # kvmbr0, kvmtap0, kvmvtap1...: links kvm-manager made
@@ -117,7 +118,7 @@ def observe_network(
 ) -> tuple[tuple[PodInterface, ...], tuple[IPv4Network, ...]]:
     """The attached interfaces (remembered ones for bridge and macvtap modes, whose identity
     the VM has taken) and every IPv4 network of the pod."""
-    from pyroute2 import IPRoute  # imported here: it costs ~0.2 s, and only kernel steps need it
+    IPRoute, _ = load_iproute()
 
     with IPRoute() as ipr:
         current, masters = _read_interfaces(ipr)

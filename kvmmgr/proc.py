@@ -62,8 +62,10 @@ def terminate(pids: Sequence[int], *, grace: float = 3.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [pid for pid in pids if _signal(pid, sig)]
         deadline = time.monotonic() + grace
+        pause = 0.001  # most exit within a few milliseconds: look again soon, then less often
         while alive and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
             alive = [pid for pid in alive if _alive(pid)]
         if not alive:
             return

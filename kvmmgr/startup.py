@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from kvmmgr import (
     configdrive,
@@ -55,7 +56,17 @@ def setup(
         preflight.check(plan)
     log_plan(plan)
     apply(plan, settings)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("memory: peak RSS %.1f MiB", peak_rss_mib())
     return plan
+
+
+def peak_rss_mib(status: Path = Path("/proc/self/status")) -> float:
+    """This process's high-water mark of resident memory (VmHWM); 0 when /proc says nothing."""
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def log_plan(plan: Plan) -> None:

@@ -57,12 +57,24 @@ def test_exclusions_come_before_the_dnat() -> None:
     firewall = rules({"NAT_EXCLUDE": "udp/5353 tcp/8000-8010"})
     chain = [line for line in firewall.save_lines("nat") if line.startswith("-A KVMMGR-DNAT")]
     assert chain == [
-        "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 5900 -j RETURN",
+        "-A KVMMGR-DNAT-eth0 -p tcp -m multiport --dports 5900,8000:8010 -j RETURN",
         "-A KVMMGR-DNAT-eth0 -p udp -m udp --dport 5353 -j RETURN",
-        "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 8000:8010 -j RETURN",
         "-A KVMMGR-DNAT-eth0 -j DNAT --to-destination 192.168.254.2",
     ]
     assert firewall.kept == ("tcp/5900", "udp/5353", "tcp/8000-8010")
+
+
+def test_many_kept_ports_share_multiport_rules_of_15_slots() -> None:
+    items = [f"tcp/{10000 + 2 * n}" for n in range(40)] + ["tcp/20000-20099", "udp/53"]
+    firewall = rules({"NAT_EXCLUDE": " ".join(items)})
+    returns = [line for line in firewall.save_lines("nat") if line.endswith("-j RETURN")]
+    tcp = [line.split("--dports ")[1].split()[0].split(",") for line in returns if "-p tcp" in line]
+    # 5900 and 40 ports (one slot each), then a range (two): 15 + 15 + 13 slots
+    assert [len(ports) for ports in tcp] == [15, 15, 12]
+    assert [port for ports in tcp for port in ports] == [
+        "5900", *(str(10000 + 2 * n) for n in range(40)), "20000:20099"
+    ]
+    assert returns[-1] == "-A KVMMGR-DNAT-eth0 -p udp -m udp --dport 53 -j RETURN"
 
 
 def test_one_jump_per_builtin_chain() -> None:

@@ -1,6 +1,6 @@
-"""Import python-iptables in milliseconds instead of a quarter of a second.
+"""Import python-iptables and pyroute2 in milliseconds instead of a fraction of a second each.
 
-At import, python-iptables looks for libxtables, libip4tc, libip6tc, libc and its own
+python-iptables: at import, it looks for libxtables, libip4tc, libip6tc, libc and its own
 libxtwrapper through ctypes.util.find_library, which runs `ldconfig -p` and, for a library
 ldconfig does not know (libxtwrapper lives in site-packages), gcc and ld; it runs
 `ldconfig -N -v` to find the xtables extensions; and it imports distutils (setuptools' copy in
@@ -8,6 +8,11 @@ a virtualenv, itself slow) for a path it only needs as a last resort. Everything
 sits in the system's library directory or next to the iptc package: we name those places
 through the variables python-iptables documents, and answer its find_library calls from the
 library directories, during the import only.
+
+pyroute2: its package `__init__` imports every module it has (conntrack, IPDB, NDB, ethtool,
+wireguard, ...) to re-export their names. We need IPRoute alone: its module is imported with the
+package registered but its `__init__` not run, then the package entry is dropped again, so that
+a later plain `import pyroute2` still runs it (and reuses the modules already loaded).
 """
 
 from __future__ import annotations
@@ -21,6 +26,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+
+def load_iproute() -> tuple[Any, Any]:
+    """pyroute2's IPRoute class and its NetlinkError."""
+    if "pyroute2" in sys.modules:
+        from pyroute2.iproute.linux import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+    else:
+        spec = importlib.util.find_spec("pyroute2")
+        assert spec is not None, "pyroute2 is not installed"
+        sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)  # not executed
+        try:
+            from pyroute2.iproute.linux import IPRoute
+            from pyroute2.netlink.exceptions import NetlinkError
+        finally:
+            del sys.modules["pyroute2"]
+    return IPRoute, NetlinkError
 
 
 def load_iptc() -> ModuleType:
