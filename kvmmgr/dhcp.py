@@ -15,6 +15,11 @@ from kvmmgr.pod import PodDns
 
 log = logging.getLogger(__name__)
 
+DNSMASQ_LINE_MAX = 1024  # characters in a line of dnsmasq.conf, found by trying dnsmasq 2.90
+DHCP_OPTION_MAX = 255  # bytes in one DHCPv4 option; dnsmasq sends no RFC 3396 long options
+SEARCH_OPTION = "dhcp-option=option:domain-search,"
+SEARCH_OPTION_V6 = "dhcp-option=tag:nic99v6,option6:domain-search,"  # the longest tag we write
+
 
 @dataclass(frozen=True)
 class DhcpPlan:
@@ -58,9 +63,10 @@ def build_dhcp(
         lines += _nic_lines(nic, hostname, dns)
     # An empty option means "send none": dnsmasq would otherwise offer itself as DNS.
     lines.append("dhcp-option=option:dns-server" + "".join(f",{ns}" for ns in dns.nameservers))
-    if dns.search:
-        lines.append("dhcp-option=option:domain-search," + ",".join(dns.search))
-        lines.append(f"dhcp-option=option:domain-name,{dns.search[0]}")
+    search = dhcp_search(dns.search)
+    if search:
+        lines.append(SEARCH_OPTION + ",".join(search))
+        lines.append(f"dhcp-option=option:domain-name,{search[0]}")
     lines += [
         f"dhcp-leasefile={lease_file}",
         f"pid-file={pid_file}",
@@ -102,8 +108,57 @@ def _nic_lines(nic: NicPlan, hostname: str, dns: PodDns) -> list[str]:
             servers = ",".join(f"[{ns}]" for ns in dns.nameservers6)
             lines.append(f"dhcp-option=tag:{tag}v6,option6:dns-server,{servers}")
         if dns.search:
-            lines.append(f"dhcp-option=tag:{tag}v6,option6:domain-search," + ",".join(dns.search))
+            search = ",".join(dhcp_search(dns.search))
+            lines.append(f"dhcp-option=tag:{tag}v6,option6:domain-search,{search}")
     return lines
+
+
+def dhcp_search(search: Sequence[str]) -> tuple[str, ...]:
+    """The leading search domains that DHCP can carry. dnsmasq refuses to start when option
+    119 encodes to more than 255 bytes or a line of its configuration exceeds 1024
+    characters; the config drive's network data carries the whole list anyway."""
+    fitted: list[str] = []
+    for domain in search:
+        candidate = [*fitted, domain]
+        line = len(SEARCH_OPTION_V6) + len(",".join(candidate))  # the longer of our two lines
+        if line > DNSMASQ_LINE_MAX or option119_size(candidate) > DHCP_OPTION_MAX:
+            break
+        fitted = candidate
+    return tuple(fitted)
+
+
+def option119_size(domains: Sequence[str]) -> int:
+    """Bytes of the domain search option (RFC 3397) as dnsmasq encodes it, reproduced byte
+    for byte so that its 255-byte limit is met exactly (checked against dnsmasq in the tests):
+    each name in RFC 1035 labels, then cut at its first suffix that an earlier part of the
+    option spells out the same up to a zero byte, found by dnsmasq's walk over the earlier
+    bytes one length byte at a time, and replaced by a pointer there."""
+    data = bytearray()
+    for domain in domains:
+        start = len(data)
+        for label in domain.rstrip(".").split("."):
+            data += bytes([len(label)]) + label.encode()
+        data.append(0)
+        data[start:] = _tail_compressed(data, start)
+    return len(data)
+
+
+def _tail_compressed(data: bytearray, start: int) -> bytes:
+    tail = start
+    while data[tail]:
+        earlier = 0
+        while earlier < start:
+            if _c_string(data, earlier) == _c_string(data, tail):
+                return bytes(data[start:tail]) + (0xC000 | earlier).to_bytes(2, "big")
+            earlier += data[earlier] + 1
+        tail += data[tail] + 1
+    return bytes(data[start:])
+
+
+def _c_string(data: bytearray, at: int) -> bytes:
+    """What C's strcmp compares: the bytes up to the next zero byte."""
+    end = data.find(0, at)
+    return bytes(data[at : end if end >= 0 else len(data)])
 
 
 def apply_dhcp(plan: DhcpPlan) -> int:
