@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-check test unit lint guest bench bootstrap clean
+.PHONY: demo demo-check test unit lint guest bench bench-quick bootstrap clean
 
 demo: bootstrap          ## a real VM behind pod networking; Ctrl-C stops and cleans up
 	$(PY) -m podlab.demo
@@ -26,8 +26,11 @@ lint: bootstrap
 guest: bootstrap         ## build (or reuse) the e2e test guest in build/guest
 	bash podlab/guest/build.sh
 
-bench: bootstrap         ## benchmarks/ (numbers in the README); they need disk space, not root
-	$(PY) -m benchmarks.fetch
+bench: bootstrap         ## every benchmark in benchmarks/, as Markdown tables (numbers in the README)
+	$(PY) -m benchmarks
+
+bench-quick: bootstrap   ## the same with fewer repetitions: checks that the benchmarks run
+	$(PY) -m benchmarks --quick
 
 bootstrap:
 	@bash scripts/bootstrap

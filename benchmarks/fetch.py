@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -95,12 +95,12 @@ def repeat(runs: int, workdir: Path, once: Callable[[Path], Run]) -> list[Run]:
     return results
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--size-gib", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=REPO / "build" / "bench")
-    args = parser.parse_args()
+    parser.add_argument("--dir", type=Path, default=REPO / "build" / "bench" / "fetch")
+    args = parser.parse_args(argv)
     workdir: Path = args.dir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     image = workdir / "sparse.img"

@@ -10,6 +10,8 @@ what is right. The servers print `ready` once listening, then serve until killed
     probe serve NAME PORT...     answer on TCP and UDP PORTs with "NAME proto/port from PEER"
     probe httpd DIR BIND PORT LOG  serve DIR over HTTP, one JSON line per request in LOG
     probe sniff IFACE SECONDS PORT...  count the UDP packets to PORTs on IFACE
+    probe wait-http URL SECONDS  prints `ready`, then GETs URL until it answers 200: when
+                                 (CLOCK_MONOTONIC, the same in every process), and tries
 """
 
 from __future__ import annotations
@@ -148,6 +150,24 @@ def sniff(iface: str, seconds: float, ports: list[int]) -> None:
 ETH_P_ALL = 0x0003
 
 
+def wait_http(url: str, seconds: float) -> None:
+    """For timing a boot: the caller notes the monotonic clock when it starts the VM."""
+    print("ready", flush=True)
+    deadline = time.monotonic() + seconds
+    tries = 0
+    while time.monotonic() < deadline:
+        tries += 1
+        try:
+            with urllib.request.urlopen(url, timeout=0.25) as response:
+                if response.status == 200:
+                    print(json.dumps({"at": time.monotonic(), "tries": tries}), flush=True)
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    print(json.dumps({"at": None, "tries": tries}), flush=True)
+
+
 class _LoggingHandler(SimpleHTTPRequestHandler):
     log_path: Path
 
@@ -173,6 +193,8 @@ def main(argv: list[str]) -> int:
         httpd(args[0], args[1], int(args[2]), args[3])
     elif kind == "sniff":
         sniff(args[0], float(args[1]), [int(p) for p in args[2:]])
+    elif kind == "wait-http":
+        wait_http(args[0], float(args[1]))
     else:
         checks = {"tcp": tcp, "udp": udp, "rfb": rfb}
         result = http_get(args[0]) if kind == "http" else checks[kind](args[0], int(args[1]))

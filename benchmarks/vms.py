@@ -1,0 +1,109 @@
+"""The test guest in fresh pods, started by `kvm-manager run` or by a bare QEMU command: what
+the boot and datapath benchmarks share. The base image sits in an image cache that a first
+start filled, as it would on a cluster after the first pod; each pod has its own disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.common import say, timed
+from podlab import guest
+from podlab.lab import KVM_MANAGER, KvmManager, PodLab
+from podlab.netns import Namespace
+
+READY = r"^KVMTEST_READY "
+BOOT_TIMEOUT = 120.0
+# The same guest with QEMU's user-mode network (slirp) and a host forward of port 80, as
+# KubeVirt's first network binding did: no bridge, tap, firewall or DHCP server in the pod.
+USER_MODE = (
+    "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", "256",
+    "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
+    "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+    "-netdev", "user,id=net0,hostfwd=tcp::80-:80", "-device", "virtio-net-pci,netdev=net0",
+)  # fmt: skip
+
+
+class GuestPods:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.cache = workdir / "image-cache"
+        self.pods = 0
+        say("building (or reusing) the test guest")
+        self.image = guest.build()
+
+    def prepare(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.cache.mkdir(parents=True)
+        with self.pod() as lab:
+            timed(lab.net.pod.argv(KVM_MANAGER, "fetch"), lab.env(**self.volumes(lab)))
+
+    def pod(self) -> PodLab:
+        self.pods += 1
+        return PodLab(self.workdir / f"pod-{self.pods}")
+
+    def volumes(self, lab: PodLab) -> dict[str, str]:
+        disk = lab.volumes / "vm"
+        disk.mkdir(exist_ok=True)
+        return {"IMAGE_DIR": str(self.cache), "IMG_SOURCE": str(self.image), "VM_DIR": str(disk)}
+
+    def kvm_manager(self, lab: PodLab) -> KvmManager:
+        """`kvm-manager run`, as the container's entrypoint."""
+        return lab.start(**self.volumes(lab))
+
+    def prepared_argv(self, lab: PodLab) -> list[str]:
+        """Everything but QEMU made ready by `kvm-manager setup`; QEMU's argv."""
+        done = timed(lab.net.pod.argv(KVM_MANAGER, "setup", "--json"), lab.env(**self.volumes(lab)))
+        argv: list[str] = json.loads(done.stdout)
+        return argv
+
+    def bare(self, lab: PodLab, argv: Sequence[str]) -> KvmManager:
+        """QEMU started directly in the pod, as the container's main process."""
+        return KvmManager(lab.net.pod.argv(*argv), lab.env(), self.workdir / f"qemu-{self.pods}")
+
+    def user_mode(self, lab: PodLab) -> KvmManager:
+        disk = lab.volumes / "user-mode.qcow2"
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(self.cache /
+             self.image.name), str(disk)],
+            check=True,
+        )  # fmt: skip
+        drive = ("-drive", f"file={disk},if=none,id=disk0,format=qcow2")
+        device = ("-device", "virtio-blk-pci,drive=disk0,bootindex=1")
+        return self.bare(lab, (*USER_MODE, *drive, *device))
+
+
+def wait_ready(vm: KvmManager) -> None:
+    vm.console.wait_for(READY, BOOT_TIMEOUT)
+
+
+def first_answer(ns: Namespace, url: str) -> subprocess.Popen[bytes]:
+    """A poller in `ns` that prints when `url` first answers 200 (see podlab.probe)."""
+    poller = ns.popen(
+        [sys.executable, "-m", "podlab.probe", "wait-http", url, str(BOOT_TIMEOUT)],
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert poller.stdout is not None
+    if poller.stdout.readline().strip() != b"ready":
+        raise SystemExit(f"the poller for {url} did not start")
+    return poller
+
+
+def seconds_until_answer(poller: subprocess.Popen[bytes], started: float) -> float:
+    out, _ = poller.communicate(timeout=BOOT_TIMEOUT + 10)
+    at = json.loads(out)["at"]
+    if at is None:
+        raise SystemExit("the VM never answered HTTP")
+    return float(at) - started
+
+
+def now() -> float:
+    """The clock the poller reports in (CLOCK_MONOTONIC is system-wide)."""
+    return time.monotonic()
