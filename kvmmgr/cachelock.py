@@ -7,7 +7,9 @@ renewing its lease: a dead holder never blocks the others for good. Where the fi
 no locks at all, `acquire` says so and each start downloads on its own (see image.py).
 
 POSIX locks belong to the process and vanish when *any* descriptor of the file is closed:
-the holder never opens the lock file a second time.
+the holder never opens the lock file a second time. The holder removes the file before it
+lets go, so the cache keeps no lock files; a start that locked a file already removed (it
+waited on it) locks the one now there instead.
 """
 
 from __future__ import annotations
@@ -38,13 +40,17 @@ class CacheLock:
     def acquire(self, waiting: Callable[[], str] = lambda: "") -> bool:
         """Wait for the lock; False if the filesystem has no locks (then nothing is held).
         `waiting()` adds to the periodic "waiting" line, e.g. how far the holder has got."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         began = time.monotonic()
         next_report = began + REPORT_EVERY
         while True:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if self._still_there(fd):
+                    break
+                os.close(fd)  # its holder removed it while we waited: lock its successor
+                fd = self._open()
+                continue
             except OSError as exc:
                 if exc.errno in UNSUPPORTED:
                     os.close(fd)
@@ -71,8 +77,20 @@ class CacheLock:
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.ftruncate(fd, 0)
+            self.path.unlink(missing_ok=True)  # still held: nobody takes a file on its way out
             os.close(fd)  # closing drops the lock
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _still_there(self, fd: int) -> bool:
+        """Whether the locked file is the one at our path (not one removed meanwhile)."""
+        try:
+            named = self.path.stat()
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
     def _current_holder(self) -> str:
         try:
