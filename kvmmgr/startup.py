@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +30,10 @@ from kvmmgr.nics import BridgeLink, NatLink, NicPlan
 from kvmmgr.plan import Plan, make_plan
 
 log = logging.getLogger("kvmmgr")
+
+# Tests only: stop this process right after the named step, so that a test can SIGKILL it at
+# that point and show that the next start converges (tests/e2e/test_crash_recovery.py).
+PAUSE_AFTER = "KVMMGR_TEST_PAUSE_AFTER"
 
 
 def prepare(
@@ -126,13 +132,16 @@ def apply(plan: Plan, settings: Settings) -> None:
         _step("dhcp-guard", lambda: _guard(guard))
     _step("dhcp", lambda: _dhcp(plan))
     _step("config-drive", lambda: _config_drive(plan))
-    qemu.write_vnc_password(plan.qemu, settings.vnc_password)
+    _step("vnc", lambda: _vnc(plan, settings))
 
 
 def _step(name: str, action: Callable[[], str]) -> None:
     with timed(name):
         what = action()
     log.info("%s: %s", name, what)
+    if os.environ.get(PAUSE_AFTER) == name:
+        log.warning("paused after %s (%s is a test hook)", name, PAUSE_AFTER)
+        os.kill(os.getpid(), signal.SIGSTOP)  # for the test to kill us right here
 
 
 @contextmanager
@@ -201,6 +210,15 @@ def _dhcp(plan: Plan) -> str:
     return (
         f"dnsmasq pid {pid}: {leases}; dns {dns}, search {','.join(plan.pod.dns.search) or 'none'}"
     )
+
+
+def _vnc(plan: Plan, settings: Settings) -> str:
+    qemu.write_vnc_password(plan.qemu, settings.vnc_password)
+    if not settings.vnc:
+        return "off (NO_VNC)"
+    secret = plan.qemu.vnc_password_file
+    password = f"password in {secret} (0600)" if secret else "no password"
+    return f"QEMU's display 0 on port 5900 of the pod's addresses, {password}"
 
 
 def _config_drive(plan: Plan) -> str:
