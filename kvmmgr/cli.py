@@ -20,6 +20,7 @@ from kvmmgr.errors import (
 )
 
 if TYPE_CHECKING:
+    from kvmmgr.config import Settings
     from kvmmgr.plan import Plan
 
 log = logging.getLogger("kvmmgr")
@@ -102,9 +103,8 @@ def _setup_logging(debug: bool) -> None:
 
 def _run(options: argparse.Namespace, extra: list[str]) -> int:
     from kvmmgr import qemu, startup
-    from kvmmgr.config import load_settings
 
-    plan = startup.setup(load_settings(os.environ), extra)
+    plan = startup.setup(_settings(), extra)
     log.info("qemu: exec %s", " ".join(plan.qemu.argv))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -114,9 +114,8 @@ def _run(options: argparse.Namespace, extra: list[str]) -> int:
 
 def _plan(options: argparse.Namespace, extra: list[str]) -> int:
     from kvmmgr import startup
-    from kvmmgr.config import load_settings
 
-    plan = startup.prepare(load_settings(os.environ), extra)
+    plan = startup.prepare(_settings(), extra)
     if options.json:
         sys.stdout.write(plan.to_json())
         return EXIT_OK
@@ -129,9 +128,8 @@ def _setup(options: argparse.Namespace, extra: list[str]) -> int:
     import json
 
     from kvmmgr import startup
-    from kvmmgr.config import load_settings
 
-    plan = startup.setup(load_settings(os.environ), extra, exec_qemu=False)
+    plan = startup.setup(_settings(), extra, exec_qemu=False)
     if options.json:
         print(json.dumps(list(plan.qemu.argv)))
     else:
@@ -141,10 +139,9 @@ def _setup(options: argparse.Namespace, extra: list[str]) -> int:
 
 def _fetch(options: argparse.Namespace, extra: list[str]) -> int:
     from kvmmgr import image, pod
-    from kvmmgr.config import load_settings
     from kvmmgr.plan import disks_of
 
-    settings = load_settings(os.environ)
+    settings = _settings()
     hostname = pod.hostname(settings)
     disks = disks_of(settings, hostname)
     image.check_available(disks)
@@ -166,6 +163,16 @@ def _shutdown(options: argparse.Namespace, extra: list[str]) -> int:
     status, what = shutdown_vm(_qmp_socket(), options.timeout)
     print(what)
     return status
+
+
+def _settings() -> Settings:
+    """The configuration. The VNC password then leaves the environment, so that no process
+    started from here (dnsmasq, qemu-img, QEMU itself) carries it in /proc/PID/environ."""
+    from kvmmgr.config import load_settings
+
+    settings = load_settings(os.environ)
+    os.environ.pop("VNC_PASSWORD", None)
+    return settings
 
 
 def _qmp_socket() -> Path:

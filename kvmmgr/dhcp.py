@@ -164,10 +164,11 @@ def _c_string(data: bytearray, at: int) -> bytes:
 def apply_dhcp(plan: DhcpPlan) -> int:
     """Replace any dnsmasq an earlier start left behind with one running this plan; its PID."""
     stop_dhcp(plan)
-    write_atomic(plan.config_file, "".join(f"{line}\n" for line in plan.config).encode(), 0o644)
+    write_atomic(plan.config_file, "".join(f"{line}\n" for line in plan.config).encode())
     # dnsmasq forks once it is bound, its parent reporting startup errors by exit status;
-    # the daemon keeps logging to our stderr, the container's log.
-    proc.run(plan.argv, timeout=30, share_stderr=True)
+    # the daemon keeps logging to our stderr, the container's log. Its pid, lease and log
+    # files are for root's eyes only, like everything in RUN_DIR.
+    proc.run(plan.argv, timeout=30, share_stderr=True, private_files=True)
     try:
         return int(plan.pid_file.read_text().strip())
     except (OSError, ValueError) as exc:
