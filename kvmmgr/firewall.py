@@ -26,7 +26,9 @@ VNC_PORT = 5900
 MULTIPORT_SLOTS = 15  # xt_multiport's limit per rule
 XTABLES_LOCK = "/run/xtables.lock"  # the lock the iptables commands take; we take it too
 Family = Literal[4, 6]
-TABLES: tuple[tuple[Family, str], ...] = ((4, "nat"), (4, "filter"), (6, "nat"), (6, "filter"))
+TABLES: tuple[tuple[Family, str], ...] = tuple(
+    (family, table) for family in (4, 6) for table in ("raw", "nat", "filter")
+)
 
 Rule = str  # in iptables-save syntax; no value holds a space
 
@@ -109,7 +111,9 @@ class _Rules:
         established = "-m conntrack ! --ctstate RELATED,ESTABLISHED"
         self.add(4, "filter", "INPUT", f"-d 127.0.0.0/8 -i {link.bridge} {established} -j DROP")
         self._private_vnc(4, link.bridge)
-        self.add(4, "filter", "FORWARD", f"! -s {vm}/32 -i {link.bridge} -j DROP")  # no spoofing
+        # DHCP's first messages come from no address at all; nothing else but VM_IP may.
+        dhcp = f"-s 0.0.0.0/32 -i {link.bridge} -p udp -m udp --sport 68 --dport 67 -j RETURN"
+        self._no_spoofing(4, link.bridge, f"{vm}/32", dhcp)
 
     def nat6(self, nic: NicPlan, link: NatLink) -> None:
         assert nic.guest.address6 is not None and link.pod_address6 is not None
@@ -121,7 +125,15 @@ class _Rules:
         )
         self.add(6, "nat", "POSTROUTING", f"-s {vm}/128 -o {iface} -j SNAT --to-source {pod}")
         self._private_vnc(6, link.bridge)
-        self.add(6, "filter", "FORWARD", f"! -s {vm}/128 -i {link.bridge} -j DROP")
+        # Link-local sources (neighbour discovery, router solicitations, DHCPv6) and the
+        # unspecified one (duplicate address detection) are the VM's too.
+        self._no_spoofing(
+            6,
+            link.bridge,
+            f"{vm}/128",
+            f"-s fe80::/10 -i {link.bridge} -j RETURN",
+            f"-s ::/128 -i {link.bridge} -j RETURN",
+        )
 
     def loopback(self, nic: NicPlan, link: NatLink) -> None:
         """`kubectl port-forward` connects to 127.0.0.1 inside the pod: that is this NIC's VM
@@ -130,6 +142,11 @@ class _Rules:
         vm, gateway = nic.guest.address.ip, link.gateway.ip
         masquerade = f"-s 127.0.0.0/8 -d {vm}/32 -o {link.bridge} -j SNAT --to-source {gateway}"
         self.add(4, "nat", "POSTROUTING", masquerade)
+
+    def _no_spoofing(self, family: Family, bridge: str, own: str, *allowed: Rule) -> None:
+        """The VM sends from its own address only. In the raw table, before connection
+        tracking and NAT see the packet, whether it is going out or to the pod itself."""
+        self.add(family, "raw", "PREROUTING", *allowed, f"! -s {own} -i {bridge} -j DROP")
 
     def _private_vnc(self, family: Family, bridge: str) -> None:
         """QEMU's VNC listens on every pod address: it is for the pod's side, not the VM's."""
@@ -145,7 +162,8 @@ class _Rules:
             for (family, table, hook), rules in self.hooked.items()
         ]
         order = {hook: n for n, hook in enumerate(self.HOOK_ORDER)}
-        hooked.sort(key=lambda c: (c.family, c.table != "nat", order[c.hook or ""]))
+        tables = {table: n for n, (_, table) in enumerate(TABLES[:3])}
+        hooked.sort(key=lambda c: (c.family, tables[c.table], order[c.hook or ""]))
         own = sorted(self.own, key=lambda c: (c.family, c.name))
         return tuple(hooked + own)
 
@@ -207,7 +225,7 @@ def _ip6_tables_in_use(names: Path = Path("/proc/net/ip6_tables_names")) -> bool
     The kernel makes a namespace's tables on first use, so a fresh pod has none and needs no
     IPv6 cleanup (nor the child process it costs). Unreadable: assume it has."""
     try:
-        return bool({"nat", "filter"} & set(names.read_text().split()))
+        return bool({table for _, table in TABLES} & set(names.read_text().split()))
     except OSError:
         return True
 

@@ -29,14 +29,18 @@ def test_default_rule_set() -> None:
     ]
     assert firewall.save_lines("filter") == [
         "-A INPUT -j KVMMGR-INPUT",
-        "-A FORWARD -j KVMMGR-FORWARD",
         "-A KVMMGR-INPUT -d 127.0.0.0/8 -i kvmbr0 -m conntrack ! --ctstate RELATED,ESTABLISHED"
         " -j DROP",
         "-A KVMMGR-INPUT -i kvmbr0 -p tcp -m tcp --dport 5900 -j DROP",
-        "-A KVMMGR-FORWARD ! -s 192.168.254.2/32 -i kvmbr0 -j DROP",
+    ]
+    assert firewall.save_lines("raw") == [  # before conntrack and NAT: no spoofed source
+        "-A PREROUTING -j KVMMGR-PREROUTING",
+        "-A KVMMGR-PREROUTING -s 0.0.0.0/32 -i kvmbr0 -p udp -m udp --sport 68 --dport 67"
+        " -j RETURN",
+        "-A KVMMGR-PREROUTING ! -s 192.168.254.2/32 -i kvmbr0 -j DROP",
     ]
     assert firewall.kept == ("tcp/5900",)
-    assert firewall.tables == ((4, "nat"), (4, "filter"))
+    assert firewall.tables == ((4, "raw"), (4, "nat"), (4, "filter"))
 
 
 def test_the_dnat_covers_every_protocol() -> None:
@@ -72,7 +76,9 @@ def test_many_kept_ports_share_multiport_rules_of_15_slots() -> None:
     # 5900 and 40 ports (one slot each), then a range (two): 15 + 15 + 13 slots
     assert [len(ports) for ports in tcp] == [15, 15, 12]
     assert [port for ports in tcp for port in ports] == [
-        "5900", *(str(10000 + 2 * n) for n in range(40)), "20000:20099"
+        "5900",
+        *(str(10000 + 2 * n) for n in range(40)),
+        "20000:20099",
     ]
     assert returns[-1] == "-A KVMMGR-DNAT-eth0 -p udp -m udp --dport 53 -j RETURN"
 
@@ -91,8 +97,8 @@ def test_two_nat_nics_each_with_their_dnat_and_snat() -> None:
     assert "-A KVMMGR-DNAT-net1 -j DNAT --to-destination 192.168.254.6" in nat
     assert "-A KVMMGR-POSTROUTING -s 192.168.254.6/32 -o net1 -j SNAT --to-source 10.10.0.5" in nat
     assert "-A KVMMGR-OUTPUT -d 127.0.0.1/32 -j KVMMGR-DNAT-eth0" in nat  # the first NIC's
-    assert "-A KVMMGR-FORWARD ! -s 192.168.254.6/32 -i kvmbr1 -j DROP" in firewall.save_lines(
-        "filter"
+    assert "-A KVMMGR-PREROUTING ! -s 192.168.254.6/32 -i kvmbr1 -j DROP" in firewall.save_lines(
+        "raw"
     )
 
 
@@ -111,9 +117,12 @@ def test_ipv6_nat_on_a_dual_stack_pod() -> None:
         "-A KVMMGR-DNAT-eth0 -p udp -m udp --dport 5353 -j RETURN",
         "-A KVMMGR-DNAT-eth0 -j DNAT --to-destination fd00:6b76:6d::2",
     ]
-    assert "-A KVMMGR-FORWARD ! -s fd00:6b76:6d::2/128 -i kvmbr0 -j DROP" in firewall.save_lines(
-        "filter", 6
-    )
+    assert firewall.save_lines("raw", 6) == [
+        "-A PREROUTING -j KVMMGR-PREROUTING",
+        "-A KVMMGR-PREROUTING -s fe80::/10 -i kvmbr0 -j RETURN",
+        "-A KVMMGR-PREROUTING -s ::/128 -i kvmbr0 -j RETURN",
+        "-A KVMMGR-PREROUTING ! -s fd00:6b76:6d::2/128 -i kvmbr0 -j DROP",
+    ]
 
 
 def test_bridge_mode_has_no_nat_and_only_dhcp_into_the_container() -> None:
