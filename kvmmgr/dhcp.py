@@ -166,9 +166,12 @@ def apply_dhcp(plan: DhcpPlan) -> int:
     stop_dhcp(plan)
     write_atomic(plan.config_file, "".join(f"{line}\n" for line in plan.config).encode())
     # dnsmasq forks once it is bound, its parent reporting startup errors by exit status;
-    # the daemon keeps logging to our stderr, the container's log. Its pid, lease and log
-    # files are for root's eyes only, like everything in RUN_DIR.
-    proc.run(plan.argv, timeout=30, share_stderr=True, private_files=True)
+    # the daemon keeps logging to our stderr, the container's log.
+    proc.run(plan.argv, timeout=30, share_stderr=True)
+    # By then it has made its pid, lease and log files, 0644 whatever our umask (it sets its
+    # own): owner-only, like everything in RUN_DIR. It rewrites them in place, modes kept.
+    for made in plan.config_file.parent.glob("dnsmasq.*"):
+        made.chmod(0o600)
     try:
         return int(plan.pid_file.read_text().strip())
     except (OSError, ValueError) as exc:

@@ -18,12 +18,10 @@ def run(
     timeout: float = 300,
     share_stderr: bool = False,
     stdin: str | None = None,
-    private_files: bool = False,
 ) -> str:
     """Run a command to completion; its stdout, or CommandError with its stderr.
     With `share_stderr` the command writes to our stderr (for a daemon that keeps logging
-    there after it forks: capturing would wait for it to exit). `stdin` is fed to it. With
-    `private_files`, what it creates is readable by its owner only (umask 077)."""
+    there after it forks: capturing would wait for it to exit). `stdin` is fed to it."""
     try:
         done = subprocess.run(
             list(argv),
@@ -34,7 +32,6 @@ def run(
             text=True,
             timeout=timeout,
             check=False,
-            umask=0o077 if private_files else -1,
         )
     except FileNotFoundError:
         raise CommandError(argv, 127, f"{argv[0]}: command not found") from None
