@@ -4,7 +4,7 @@ Each check prints one JSON object on stdout and exits 0, whatever it found: the 
 what is right. The servers print `ready` once listening, then serve until killed.
 
     probe tcp HOST PORT          connect; the first bytes the server sends, or the error
-    probe udp HOST PORT          send a datagram; the reply, or none
+    probe udp HOST PORT [SOURCE] send a datagram (from SOURCE); the reply, or none
     probe http URL               GET; status and body
     probe rfb HOST PORT          VNC: the RFB banner and the security types offered
     probe serve NAME PORT...     answer on TCP and UDP PORTs with "NAME proto/port from PEER"
@@ -46,11 +46,13 @@ def tcp(host: str, port: int) -> dict[str, Any]:
         return {"connected": False, "error": type(exc).__name__}
 
 
-def udp(host: str, port: int) -> dict[str, Any]:
+def udp(host: str, port: int, source: str | None = None) -> dict[str, Any]:
     payload = f"probe-{port}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(TIMEOUT)
+        if source:
+            sock.bind((source, 0))
         sock.sendto(payload.encode(), (host, port))
         try:
             data, peer = sock.recvfrom(65536)
@@ -143,7 +145,8 @@ def sniff(iface: str, seconds: float, ports: list[int]) -> None:
         udp = 14 + (frame[14] & 0x0F) * 4
         source, target = struct.unpack("!HH", frame[udp : udp + 4])
         if target in ports:
-            seen.append(f"{frame[6:12].hex(':')} udp {source}->{target}")
+            sender = socket.inet_ntoa(frame[26:30])
+            seen.append(f"{sender} {frame[6:12].hex(':')} udp {source}->{target}")
     print(json.dumps({"count": len(seen), "seen": seen[:10]}), flush=True)
 
 
@@ -196,8 +199,12 @@ def main(argv: list[str]) -> int:
     elif kind == "wait-http":
         wait_http(args[0], float(args[1]))
     else:
-        checks = {"tcp": tcp, "udp": udp, "rfb": rfb}
-        result = http_get(args[0]) if kind == "http" else checks[kind](args[0], int(args[1]))
+        if kind == "http":
+            result = http_get(args[0])
+        elif kind == "udp":
+            result = udp(args[0], int(args[1]), *args[2:3])
+        else:
+            result = {"tcp": tcp, "rfb": rfb}[kind](args[0], int(args[1]))
         print(json.dumps(result))
     return 0
 

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kvmmgr.firewall import Chain, Family, FirewallPlan
 from podlab.lab import PodLab
 from podlab.netns import Namespace
 
@@ -66,6 +67,15 @@ def our_rules(ns: Namespace, table: str) -> list[str]:
         elif current == table and line.startswith("-A") and "KVMMGR-" in line:
             rules.append(line)
     return rules
+
+
+def planned_rules(plan: dict[str, Any], table: str, family: Family = 4) -> list[str]:
+    """The rules of one table as `plan --json` plans them, in our_rules' form, sorted."""
+    chains = tuple(
+        Chain(c["family"], c["table"], c["name"], c["hook"], tuple(c["rules"]))
+        for c in plan["firewall"]["chains"]
+    )
+    return sorted(FirewallPlan(chains, ()).save_lines(table, family))
 
 
 def sysctls(ns: Namespace, *names: str) -> dict[str, str]:

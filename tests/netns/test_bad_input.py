@@ -1,15 +1,17 @@
-"""Bad input in a real pod: one line on stderr naming what is wrong, exit status 2, and the
-pod exactly as it was (links, addresses, routes, rules, sysctls, processes, files)."""
+"""Bad input in a real pod: one line on stderr naming what is wrong, a documented exit status
+(2 for what is found before anything changes, 1 for a step that fails while acting), and the
+pod exactly as it was: links, addresses, routes, rules, sysctls, processes, files."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
-from kvmmgr.errors import EXIT_CONFIG
+from kvmmgr.errors import EXIT_CONFIG, EXIT_FAILURE
 from podlab.lab import KVM_MANAGER, PodLab
 from tests.netns.snapshot import pod_state
 
@@ -30,13 +32,74 @@ def _second_address(lab: PodLab) -> None:
     lab.net.pod.ip("addr", "add", "10.244.0.11/24", "dev", "eth0")
 
 
+def _invalid_cloud_config(lab: PodLab) -> None:
+    (lab.volumes / "userdata").write_text("#cloud-config\npackages: [nginx\n")
+
+
+def _oversized_userdata(lab: PodLab) -> None:
+    (lab.volumes / "userdata").write_bytes(b"#!/bin/sh\n" + b"#" * (17 << 20))
+
+
+def _userdata_is_a_directory(lab: PodLab) -> None:
+    (lab.volumes / "userdata").unlink()
+    (lab.volumes / "userdata").mkdir()
+
+
+def _only_some_programs(*kept: str) -> Callable[[PodLab], None]:
+    """A PATH directory holding only `kept`, and `ip` for `ip netns exec` (the case's PATH)."""
+
+    def prepare(lab: PodLab) -> None:
+        bin_dir = lab.workdir / "bin"
+        bin_dir.mkdir()
+        for program in (*kept, "ip"):
+            found = shutil.which(program)
+            assert found is not None, program
+            (bin_dir / program).symlink_to(found)
+
+    return prepare
+
+
+def _in_mount_namespace(script: str) -> Callable[[PodLab], tuple[str, ...]]:
+    """Run kvm-manager in a mount namespace of its own, after `script` (PodLab's paths as
+    {volumes}): devices and volumes can be taken away without touching this machine."""
+
+    def wrapper(lab: PodLab) -> tuple[str, ...]:
+        commands = script.format(volumes=lab.volumes)
+        shell = f'{commands} && exec "$@"'
+        return ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", shell, "sh")
+
+    return wrapper
+
+
+def _read_only(directory: str) -> Callable[[PodLab], tuple[str, ...]]:
+    path = "{volumes}/" + directory
+    return _in_mount_namespace(f"mount --bind {path} {path} && mount -o remount,bind,ro {path}")
+
+
+def _without_capability(cap: str) -> Callable[[PodLab], tuple[str, ...]]:
+    return lambda lab: ("setpriv", f"--inh-caps=-{cap.lower()}", f"--bounding-set=-{cap.lower()}")
+
+
+def _full_image_dir(lab: PodLab) -> Callable[[], None]:
+    """IMAGE_DIR on a 64 KiB tmpfs: the image (200 KiB) cannot be written. Returns the undo."""
+    image_dir = lab.volumes / "image"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(image_dir)], check=True)
+
+    def undo() -> None:
+        subprocess.run(["umount", str(image_dir)], check=True)
+
+    return undo
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     env: dict[str, str | None]
     says: str  # a fragment of the one line on stderr
     prepare: Callable[[PodLab], None] | None = None
-    wrapper: tuple[str, ...] = field(default=())
+    wrapper: Callable[[PodLab], tuple[str, ...]] | None = None
+    status: int = EXIT_CONFIG
+    mount: Callable[[PodLab], Callable[[], None]] | None = None  # returns how to undo it
 
 
 CASES = [
@@ -83,36 +146,91 @@ CASES = [
     Case("no image at all", {"IMG_SOURCE": None}, "IMG_SOURCE is not set"),
     Case("relative RUN_DIR", {"RUN_DIR": "run"}, "RUN_DIR='run'"),
     Case("VNC password too long", {"VNC_PASSWORD": "far-too-long"}, "VNC_PASSWORD has 12 bytes"),
+    Case("unknown NET_MODE", {"NET_MODE": "tunnel"}, "NET_MODE='tunnel'"),
+    Case("unknown mode in ATTACH_IFACES", {"ATTACH_IFACES": "eth0:tunnel"}, "ATTACH_IFACES="),
+    Case("SELECTED_NETWORK not a network", {"SELECTED_NETWORK": "10.244.0.0/33"}, "SELECTED_NE"),
+    Case("bad VM_IP6", {"VM_IP6": "fd00::zz"}, "VM_IP6='fd00::zz'"),
+    Case("IMG_SHA256 not a sha256", {"IMG_SHA256": "abc123"}, "IMG_SHA256='abc123'"),
+    Case("IMG_RETRIES out of range", {"IMG_RETRIES": "1000"}, "IMG_RETRIES='1000'"),
+    Case("missing IMG_CA_BUNDLE", {"IMG_CA_BUNDLE": "/nonexistent/ca.pem"}, "IMG_CA_BUNDLE="),
+    Case("unbalanced DNSMASQ_OPTS", {"DNSMASQ_OPTS": "--log-dhcp 'open"}, "DNSMASQ_OPTS="),
+    Case("unknown CONFIG_DRIVE_FORMAT", {"CONFIG_DRIVE_FORMAT": "iso"}, "CONFIG_DRIVE_FORMAT="),
+    Case("memory in an unknown unit", {"VM_MEMORY": "2T"}, "VM_MEMORY='2T'"),
+    Case("host name with bad characters", {"HOSTNAME": "vm_0!"}, "HOSTNAME='vm_0!'"),
+    Case("invalid #cloud-config", {}, "invalid #cloud-config YAML", _invalid_cloud_config),
+    Case("user-data over 16 MiB", {}, "USERDATA_PATH", _oversized_userdata),
+    Case("user-data is a directory", {}, "USERDATA_PATH", _userdata_is_a_directory),
     *(
         Case(
             f"no {cap} capability",
             {},
             f"the {cap} capability is missing",
-            wrapper=("setpriv", f"--inh-caps=-{cap.lower()}", f"--bounding-set=-{cap.lower()}"),
+            None,
+            _without_capability(cap),
         )
         for cap in ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
+    ),
+    Case(
+        "no /dev/net/tun",
+        {},
+        "/dev/net/tun: cannot open (No such file or directory)",
+        wrapper=_in_mount_namespace("mount -t tmpfs tmpfs /dev/net"),
+    ),
+    Case("read-only IMAGE_DIR", {}, "image: not writable", wrapper=_read_only("image")),
+    Case("read-only RUN_DIR", {}, "run: not writable", wrapper=_read_only("run")),
+    Case(
+        "QEMU not installed",
+        {"PATH": "{bin}"},
+        "qemu-system-x86_64: not found on PATH",
+        _only_some_programs("qemu-img", "dnsmasq"),
+    ),
+    Case(
+        "dnsmasq not installed",
+        {"PATH": "{bin}"},
+        "dnsmasq: not found on PATH",
+        _only_some_programs("qemu-system-x86_64", "qemu-img"),
+    ),
+    Case(
+        "full IMAGE_DIR",
+        {},
+        "cannot write the image to",
+        status=EXIT_FAILURE,  # found while acting: the download is the first step that does
+        mount=_full_image_dir,
     ),
 ]
 
 
+def test_there_are_at_least_thirty_cases() -> None:
+    assert len(CASES) >= 30
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(lab: PodLab, case: Case) -> None:
+def test_bad_input_is_one_line_a_documented_status_and_changes_nothing(
+    lab: PodLab, case: Case, request: pytest.FixtureRequest
+) -> None:
     if case.prepare:
         case.prepare(lab)
+    if case.mount:
+        request.addfinalizer(case.mount(lab))
+    env = {
+        name: value.format(bin=lab.workdir / "bin") if value else value
+        for name, value in case.env.items()
+    }
     before = pod_state(lab)
-    if case.wrapper:
-        done = subprocess.run(
-            lab.net.pod.argv(*case.wrapper, KVM_MANAGER, "setup"),
-            env=lab.env(**case.env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    else:
-        done = lab.cli("setup", **case.env)
+    wrapper = case.wrapper(lab) if case.wrapper else ()
+    done = subprocess.run(
+        lab.net.pod.argv(*wrapper, KVM_MANAGER, "setup"),
+        env=lab.env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     lines = done.stderr.splitlines()
-    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert done.returncode == case.status, done.stderr
+    if case.status == EXIT_FAILURE:  # after the plan's two summary lines, the start stopped
+        assert [line.split(":")[1] for line in lines[:-1]] == [" pod", " vm"], done.stderr
+        lines = lines[-1:]
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("kvm-manager: ")
     assert case.says in lines[0]

@@ -3,66 +3,10 @@ pod's bridge carrying the VM's MAC and VM_IP, with servers that say whom they sa
 
 from __future__ import annotations
 
-import json
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from podlab.lab import VM_GW, VM_IP, PodLab, Prober
-from podlab.netns import Namespace
-
-
-class StandIn:
-    def __init__(self, lab: PodLab, mac: str) -> None:
-        self.ns = Namespace.create("vm")
-        self.probe = Prober(self.ns)
-        self.servers: list[subprocess.Popen[bytes]] = []
-        try:
-            # The pod's end joins the bridge where QEMU's tap would be.
-            self.ns.ip(
-                "link", "add", "eth0", "address", mac, "type", "veth",
-                "peer", "name", "kvmvm0", "netns", lab.net.pod.name,
-            )  # fmt: skip
-            lab.net.pod.ip("link", "set", "kvmvm0", "master", "kvmbr0", "up")
-            self.ns.ip("link", "set", "eth0", "up")
-        except BaseException:
-            self.close()
-            raise
-
-    def configure(self) -> None:
-        """Address and route as the guest would take them from DHCP."""
-        self.ns.ip("addr", "add", f"{VM_IP}/30", "dev", "eth0")
-        self.ns.ip("route", "add", "default", "via", VM_GW)
-
-    def serve(self, *ports: int) -> None:
-        self.servers.append(self.probe.server("serve", "standin", *map(str, ports)))
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.kill()
-            server.wait()
-        self.ns.delete()
-
-
-def _setup(lab: PodLab, **env: str) -> dict[str, str]:
-    done = lab.cli("setup", **env)
-    assert done.returncode == 0, done.stderr
-    plan = json.loads(lab.cli("plan", "--json", **env).stdout)
-    return {"mac": plan["nics"][0]["guest"]["mac"]}
-
-
-@pytest.fixture
-def standin(lab: PodLab) -> Iterator[StandIn]:
-    vm = _setup(lab, NAT_EXCLUDE="tcp/9100")
-    standin = StandIn(lab, vm["mac"])
-    try:
-        standin.configure()
-        standin.serve(80, 7, 5900, 9100)
-        yield standin
-    finally:
-        standin.close()
+from podlab.lab import VM_GW, VM_IP, PodLab
+from tests.netns.standin import StandIn, set_up, udhcpc, udhcpc_script
 
 
 def test_tcp_and_udp_for_the_pod_ip_reach_the_vm_with_the_client_address(
@@ -115,32 +59,14 @@ def test_the_vm_reaches_the_node_from_the_pod_ip(lab: PodLab, standin: StandIn) 
         server.wait()
 
 
-UDHCPC_SCRIPT = """#!/bin/sh
-[ "$1" = bound ] && echo "LEASE ip=$ip subnet=$subnet router=$router dns=$dns \
-search=$search domain=$domain mtu=$mtu hostname=$hostname lease=$lease"
-exit 0
-"""
-
-
-def _udhcpc(ns: Namespace, script: Path) -> str:
-    argv = ns.argv(
-        "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "3", "-T", "1",
-        "-O", "search", "-O", "mtu", "-O", "hostname", "-s", str(script),
-    )  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    return done.stdout
-
-
 def test_dnsmasq_leases_the_vm_address_with_every_option_to_the_vm_mac_only(
     lab: PodLab, tmp_path: Path
 ) -> None:
-    vm = _setup(lab)
-    script = tmp_path / "udhcpc.sh"
-    script.write_text(UDHCPC_SCRIPT)
-    script.chmod(0o755)
-    standin = StandIn(lab, vm["mac"])
+    mac = set_up(lab)
+    script = udhcpc_script(tmp_path)
+    standin = StandIn(lab, mac)
     try:
-        lease = _udhcpc(standin.ns, script)
+        lease = udhcpc(standin.ns, script)
         assert (
             f"LEASE ip={VM_IP} subnet=255.255.255.252 router={VM_GW} "
             "dns=10.96.0.10 10.96.0.11 10.96.0.12 "
@@ -148,6 +74,6 @@ def test_dnsmasq_leases_the_vm_address_with_every_option_to_the_vm_mac_only(
             f"mtu={lab.net.mtu} hostname=kvmtest-0 lease=4294967295"
         ) in lease
         standin.ns.ip("link", "set", "eth0", "address", "52:54:00:99:99:99")
-        assert "LEASE" not in _udhcpc(standin.ns, script)  # another MAC gets nothing
+        assert "LEASE" not in udhcpc(standin.ns, script)  # another MAC gets nothing
     finally:
         standin.close()

@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.firewall import Chain, Family, FirewallPlan
 from podlab.lab import HOSTNAME, KVM_MANAGER, PodLab
-from tests.netns.snapshot import links, our_rules, pod_state, processes
+from tests.netns.snapshot import links, our_rules, planned_rules, pod_state, processes
 
 
 def setup(lab: PodLab, **env: str | None) -> subprocess.CompletedProcess[str]:
@@ -26,14 +25,6 @@ def planned(lab: PodLab, **env: str | None) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     plan: dict[str, Any] = json.loads(done.stdout)
     return plan
-
-
-def planned_rules(plan: dict[str, Any], table: str, family: Family = 4) -> list[str]:
-    chains = tuple(
-        Chain(c["family"], c["table"], c["name"], c["hook"], tuple(c["rules"]))
-        for c in plan["firewall"]["chains"]
-    )
-    return sorted(FirewallPlan(chains, ()).save_lines(table, family))
 
 
 def dnsmasq_pids(lab: PodLab) -> list[str]:
