@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from podlab.console import marker
 from podlab.lab import VM_IP, KvmManager, PodLab
 from tests.e2e.conftest import BOOT_TIMEOUT, boot, guest_sh, lease
 from tests.netns.snapshot import (
@@ -48,15 +49,20 @@ def pod_network(lab: PodLab) -> dict[str, Any]:
 def test_twenty_restarts_in_a_row_keep_the_vm_its_state_and_its_disk(lab: PodLab) -> None:
     vm = boot(lab)
     first = pod_network(lab)
+    mac = nic_mac(vm)
     assert first["processes"].count("dnsmasq") == 1
     for n in range(RESTARTS):
         guest_sh(lab, f"echo restart-{n} > /mnt/disk/before-{n}.txt && sync")
         vm.kill()  # QEMU, the container's main process, dies; dnsmasq is left behind
         vm = boot(lab)
-        assert lease(vm)["ip"] == VM_IP
+        assert (lease(vm)["ip"], nic_mac(vm)) == (VM_IP, mac)
         assert pod_network(lab) == first, f"after restart {n + 1}"
     kept = guest_sh(lab, "cat /mnt/disk/before-*.txt").split()
     assert kept == sorted(f"restart-{n}" for n in range(RESTARTS))
+
+
+def nic_mac(vm: KvmManager) -> str:
+    return marker(vm.console.wait_for(r"^KVMTEST_LINK ", BOOT_TIMEOUT))["mac"]
 
 
 def start_and_kill_after(lab: PodLab, step: str) -> None:
