@@ -29,7 +29,8 @@ from benchmarks.common import PYTHON, REPO, WORKDIR, median, ms, need_root, rati
 from podlab.lab import KVM_MANAGER, PodLab
 
 STEPS = (
-    "observe", "plan", "preflight", "image", "disk", "network", "firewall", "dhcp", "config-drive"
+    "observe", "plan", "preflight", "image", "disk", "network", "firewall", "dhcp",
+    "config-drive", "vnc",
 )  # fmt: skip
 IMPORTS = "import pyroute2, iptc, pycdlib, yaml"
 FLOOR = (
@@ -104,13 +105,15 @@ class Bench:
         run = timed(lab.net.pod.argv(KVM_MANAGER, "setup"), env)
         return Setup.parse(run.seconds, run.stderr)
 
-    def fresh_setup(self, resolv: str | None = None, **overrides: str) -> tuple[Setup, Setup]:
-        """`setup` in a new pod, then again in the same pod (a container restart)."""
+    def fresh_setup(
+        self, resolv: str | None = None, *, restart: bool = True, **overrides: str
+    ) -> list[Setup]:
+        """`setup` in a new pod, then (`restart`) again in the same pod: a container restart."""
         with self.pod() as lab:
             if resolv is not None:
                 (lab.volumes / "resolv.conf").write_text(resolv)
             env = self.env(lab, **overrides)
-            return self.setup(lab, env), self.setup(lab, env)
+            return [self.setup(lab, env) for _ in range(2 if restart else 1)]
 
     def python(self, code: str) -> tuple[float, float]:
         """Wall time of `python -c CODE` in a pod, and its peak memory (MiB)."""
@@ -198,10 +201,14 @@ def scale(bench: Bench, runs: int) -> str:
         cases.append(
             (f"resolv.conf: {count} search domains", "dhcp", _first(bench, {}, search(count)))
         )
+    measured: dict[str, list[Setup]] = {label: [] for label, _, _ in cases}
+    for n in range(runs):  # interleaved, so that the machine's drift hits every case alike
+        say(f"scale: run {n + 1} of {runs}")
+        for label, _, run in cases:
+            measured[label].append(run())
     rows = []
-    for label, step, run in cases:
-        say(f"scale: {label}")
-        results = [run() for _ in range(runs)]
+    for label, step, _ in cases:
+        results = measured[label]
         rows.append(
             [
                 label,
@@ -216,7 +223,7 @@ def scale(bench: Bench, runs: int) -> str:
 
 
 def _first(bench: Bench, env: dict[str, str], resolv: str | None = None) -> Callable[[], Setup]:
-    return lambda: bench.fresh_setup(resolv, **env)[0]
+    return lambda: bench.fresh_setup(resolv, restart=False, **env)[0]
 
 
 def _ms1(seconds: float) -> str:
@@ -231,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     need_root()
     bench = Bench(args.dir.resolve())
     bench.prepare()
-    print(overhead(bench, args.runs) + "\n\n" + scale(bench, max(3, args.runs // 2)))
+    print(overhead(bench, args.runs) + "\n\n" + scale(bench, args.runs))
     shutil.rmtree(bench.workdir, ignore_errors=True)
     return 0
 

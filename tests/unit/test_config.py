@@ -170,6 +170,11 @@ BAD_VALUES = [
     ("METADATA_PATH", "~/metadata", "an absolute path"),
     ("DNSMASQ_OPTS", "--dhcp-option='unclosed", "shell words"),
     ("HOSTNAME", "Bad_Host", "an RFC 1123 host name"),
+    ("NET_MODE", "tunnel", "one of nat, bridge, macvtap"),
+    ("SELECTED_NETWORK", "10.0.0.0/33", "an IPv4 network"),
+    ("VM_IP6", "fd00::zz", "an IPv6 address"),
+    ("VM_IP6", "10.0.0.1", "an IPv6 address"),
+    ("CONFIG_DRIVE_FORMAT", "iso", "one of configdrive, nocloud, none"),
 ]
 
 

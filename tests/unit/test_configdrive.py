@@ -269,6 +269,13 @@ def test_invalid_cloud_config_names_the_file_and_line(tmp_path: Path) -> None:
         b"#!/bin/sh\n: { not yaml\n",  # a script: not checked as YAML
         gzip.compress(b"#cloud-config\nruncmd: [[echo, hi]]\n"),
         b"#include\nhttp://example.invalid/cfg\n",
+        (
+            b'Content-Type: multipart/mixed; boundary="==XX=="\nMIME-Version: 1.0\n\n'
+            b'--==XX==\nContent-Type: text/cloud-config; charset="us-ascii"\n\n'
+            b"packages: [htop]\n"
+            b'--==XX==\nContent-Type: text/x-shellscript; charset="us-ascii"\n\n'
+            b"#!/bin/sh\necho hi\n--==XX==--\n"
+        ),
     ],
 )
 def test_valid_user_data_of_every_kind_passes_byte_for_byte(tmp_path: Path, data: bytes) -> None:
