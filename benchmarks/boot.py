@@ -6,7 +6,7 @@ config drive were prepared in advance (by `kvm-manager setup`, not timed). A pol
 node namespace GETs http://POD_IP/ every 20 ms. The difference is what kvm-manager adds to
 a start. Under TCG the guest's boot dominates both. Medians.
 
-    python -m benchmarks.boot [--runs 5]
+    python -m benchmarks.boot [--runs 7]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def measure(pods: GuestPods, runs: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--dir", type=Path, default=WORKDIR / "boot")
     args = parser.parse_args(argv)
     need_root()

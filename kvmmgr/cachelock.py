@@ -8,8 +8,9 @@ no locks at all, `acquire` says so and each start downloads on its own (see imag
 
 POSIX locks belong to the process and vanish when *any* descriptor of the file is closed:
 the holder never opens the lock file a second time. The holder removes the file before it
-lets go, so the cache keeps no lock files; a start that locked a file already removed (it
-waited on it) locks the one now there instead.
+lets go, so the cache keeps no lock files. A start that locked a file removed meanwhile (its
+descriptor came from before the removal; on NFS another node's removal shows as ESTALE) opens
+and locks the one now at the path instead.
 """
 
 from __future__ import annotations
@@ -40,24 +41,25 @@ class CacheLock:
     def acquire(self, waiting: Callable[[], str] = lambda: "") -> bool:
         """Wait for the lock; False if the filesystem has no locks (then nothing is held).
         `waiting()` adds to the periodic "waiting" line, e.g. how far the holder has got."""
-        fd = self._open()
         began = time.monotonic()
         next_report = began + REPORT_EVERY
         while True:
+            fd = self._open()
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if self._still_there(fd):
                     break
-                os.close(fd)  # its holder removed it while we waited: lock its successor
-                fd = self._open()
-                continue
+                # Its holder removed it while we waited: lock its successor.
             except OSError as exc:
                 if exc.errno in UNSUPPORTED:
                     os.close(fd)
+                    self.path.unlink(missing_ok=True)  # of no use without locks
                     return False
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                # ESTALE: an NFS client's handle on a file another node removed meanwhile.
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.ESTALE):
                     os.close(fd)
                     raise
+            os.close(fd)
             now = time.monotonic()
             if now >= next_report:
                 next_report = now + REPORT_EVERY
@@ -87,9 +89,11 @@ class CacheLock:
         """Whether the locked file is the one at our path (not one removed meanwhile)."""
         try:
             named = self.path.stat()
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
+            held = os.fstat(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                return False
+            raise
         return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
     def _current_holder(self) -> str:

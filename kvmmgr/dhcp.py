@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 DNSMASQ_LINE_MAX = 1024  # characters in a line of dnsmasq.conf, found by trying dnsmasq 2.90
 DHCP_OPTION_MAX = 255  # bytes in one DHCPv4 option; dnsmasq sends no RFC 3396 long options
 SEARCH_OPTION = "dhcp-option=option:domain-search,"
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 SEARCH_OPTION_V6 = "dhcp-option=tag:nic99v6,option6:domain-search,"  # the longest tag we write
 
 
@@ -107,24 +109,32 @@ def _nic_lines(nic: NicPlan, hostname: str, dns: PodDns) -> list[str]:
         if dns.nameservers6:
             servers = ",".join(f"[{ns}]" for ns in dns.nameservers6)
             lines.append(f"dhcp-option=tag:{tag}v6,option6:dns-server,{servers}")
-        if dns.search:
-            search = ",".join(dhcp_search(dns.search))
-            lines.append(f"dhcp-option=tag:{tag}v6,option6:domain-search,{search}")
+        search = dhcp_search(dns.search)
+        if search:
+            lines.append(f"dhcp-option=tag:{tag}v6,option6:domain-search,{','.join(search)}")
     return lines
 
 
 def dhcp_search(search: Sequence[str]) -> tuple[str, ...]:
     """The leading search domains that DHCP can carry. dnsmasq refuses to start when option
     119 encodes to more than 255 bytes or a line of its configuration exceeds 1024
-    characters; the config drive's network data carries the whole list anyway."""
+    characters, or on a name that is not a DNS name (skipped here); the config drive's
+    network data carries the whole list anyway."""
     fitted: list[str] = []
-    for domain in search:
+    for domain in filter(is_dns_name, search):
         candidate = [*fitted, domain]
         line = len(SEARCH_OPTION_V6) + len(",".join(candidate))  # the longer of our two lines
         if line > DNSMASQ_LINE_MAX or option119_size(candidate) > DHCP_OPTION_MAX:
             break
         fitted = candidate
     return tuple(fitted)
+
+
+def is_dns_name(name: str) -> bool:
+    """ASCII labels of 1 to 63 letters, digits, hyphens (and underscores, which search
+    domains carry in practice), 253 characters at most."""
+    labels = name.rstrip(".").split(".")
+    return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
 
 
 def option119_size(domains: Sequence[str]) -> int:

@@ -1,7 +1,7 @@
 """The VM's disks: the shared base image (fetched once per cache, verified) and the VM's overlay.
 
 In IMAGE_DIR, beside the base image `NAME`:
-  .NAME.lock                      the cache lock (cachelock.py); never removed
+  .NAME.lock                      the cache lock (cachelock.py), while a start holds it
   .NAME.part, .NAME.part.json     a transfer under way, resumable (transfer.py)
   .NAME.unpacked                  the image being unpacked from a compressed transfer
   .NAME.json                      what the base is: source, size, sha256 (a BaseRecord)

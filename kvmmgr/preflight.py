@@ -22,14 +22,27 @@ CAPABILITIES = {
     "MKNOD": (27, "the device node QEMU opens for a macvtap"),
 }
 TUN_DEVICE = "/dev/net/tun"
+# Each is there once the node has loaded the module; a container cannot load it.
+IPTABLES_MODULES = {4: ("ip_tables_names", "ip_tables"), 6: ("ip6_tables_names", "ip6_tables")}
 
 
-def check(plan: Plan, status_file: Path = Path("/proc/self/status")) -> None:
+def check(
+    plan: Plan,
+    status_file: Path = Path("/proc/self/status"),
+    proc_net: Path = Path("/proc/net"),
+) -> None:
     """Raise PreconditionError for the first thing the startup path would miss."""
     needed = ["NET_ADMIN", "NET_RAW"] + (["NET_BIND_SERVICE"] if plan.dhcp else [])
     if plan.qemu.macvtaps:
         needed.append("MKNOD")
     _check_capabilities(status_file, needed)
+    for family in sorted({chain.family for chain in plan.firewall.chains}):
+        name, module = IPTABLES_MODULES[family]
+        if not (proc_net / name).exists():
+            raise PreconditionError(
+                f"{proc_net / name}: missing: expected the node to have loaded the {module} "
+                "kernel module (the firewall is legacy iptables; modprobe it on the node)"
+            )
     if any(nic.mode != "macvtap" for nic in plan.nics):
         _check_tun()
     programs = [plan.qemu.argv[0], "qemu-img"]

@@ -125,7 +125,6 @@ def exec_qemu(plan: QemuPlan) -> None:
     plan.qmp_socket.unlink(missing_ok=True)  # a stale socket from a previous QEMU
     for macvtap, fd in plan.macvtaps:
         open_macvtap(macvtap, fd, plan.qmp_socket.parent)
-    os.umask(0o077)  # QEMU's QMP socket: for root only, like everything in RUN_DIR
     try:
         os.execvp(plan.argv[0], list(plan.argv))
     except OSError as exc:

@@ -32,7 +32,8 @@ from kvmmgr.plan import Plan, make_plan
 log = logging.getLogger("kvmmgr")
 
 # Tests only: stop this process right after the named step, so that a test can SIGKILL it at
-# that point and show that the next start converges (tests/e2e/test_crash_recovery.py).
+# that point and show that the next start converges (tests/e2e/test_restarts.py). A container's
+# PID 1 cannot stop itself this way (the kernel ignores the signal): tests run it as a child.
 PAUSE_AFTER = "KVMMGR_TEST_PAUSE_AFTER"
 
 

@@ -90,7 +90,7 @@ def test_installed_rules_are_exactly_the_planned_ones(lab: PodLab) -> None:
     kept = {"NAT_EXCLUDE": "tcp/9100 udp/5353 tcp/8000-8010 sctp/3868"}  # multiport for tcp
     plan = planned(lab, **kept)
     setup(lab, **kept)
-    for table in ("nat", "filter"):
+    for table in ("raw", "nat", "filter"):
         assert sorted(our_rules(lab.net.pod, table)) == planned_rules(plan, table)
 
 

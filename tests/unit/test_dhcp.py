@@ -103,6 +103,20 @@ def test_dual_stack_nat_adds_router_advertisements_and_dhcpv6() -> None:
     assert "dhcp-option=tag:nic0v6,option6:dns-server,[fd00::53]" in config.config
 
 
+def test_search_domains_that_are_not_dns_names_are_left_out_of_both_families() -> None:
+    dual = interface(
+        addresses6=(IPv6Interface("fd00:10:244::10/64"),), gateway6=IPv6Address("fd00:10:244::1")
+    )
+    bad = ("x" * 64 + ".example", "bücher.example", "-lead.example")
+    dns = PodDns((IPv4Address("10.96.0.10"),), bad, ())
+    lines = dhcp(interfaces=(dual,), dns=dns).config
+    assert not any("domain-search" in line or "domain-name" in line for line in lines)
+    dns = PodDns((IPv4Address("10.96.0.10"),), (*bad, "svc.cluster.local"), ())
+    lines = dhcp(interfaces=(dual,), dns=dns).config
+    assert "dhcp-option=option:domain-search,svc.cluster.local" in lines
+    assert "dhcp-option=tag:nic0v6,option6:domain-search,svc.cluster.local" in lines
+
+
 def test_the_dhcp_guard_ruleset() -> None:
     guard = build_guard([GuardedInterface("eth0"), GuardedInterface("net1")])
     assert guard.ruleset.splitlines()[:2] == [
