@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 DNSMASQ_LINE_MAX = 1024  # characters in a line of dnsmasq.conf, found by trying dnsmasq 2.90
 DHCP_OPTION_MAX = 255  # bytes in one DHCPv4 option; dnsmasq sends no RFC 3396 long options
 SEARCH_OPTION = "dhcp-option=option:domain-search,"
-_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 SEARCH_OPTION_V6 = "dhcp-option=tag:nic99v6,option6:domain-search,"  # the longest tag we write
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 @dataclass(frozen=True)

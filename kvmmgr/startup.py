@@ -219,7 +219,7 @@ def _vnc(plan: Plan, settings: Settings) -> str:
         return "off (NO_VNC)"
     secret = plan.qemu.vnc_password_file
     password = f"password in {secret} (0600)" if secret else "no password"
-    return f"QEMU's display 0 on port 5900 of the pod's addresses, {password}"
+    return f"QEMU's display 0 on port 5900 of the pod's IPv4 addresses, {password}"
 
 
 def _config_drive(plan: Plan) -> str:
