@@ -30,6 +30,7 @@ class DhcpPlan:
     lease_file: Path
     config: tuple[str, ...]  # the lines of dnsmasq.conf
     argv: tuple[str, ...]
+    search: tuple[str, ...]  # the search domains the leases carry (dhcp_search)
 
 
 def build_dhcp(
@@ -61,11 +62,11 @@ def build_dhcp(
         "dhcp-authoritative",
         "dhcp-ignore=tag:!known",  # the VM's own NICs, nothing else
     ]
+    search = dhcp_search(dns.search)
     for nic in nics:
-        lines += _nic_lines(nic, hostname, dns)
+        lines += _nic_lines(nic, hostname, dns, search)
     # An empty option means "send none": dnsmasq would otherwise offer itself as DNS.
     lines.append("dhcp-option=option:dns-server" + "".join(f",{ns}" for ns in dns.nameservers))
-    search = dhcp_search(dns.search)
     if search:
         lines.append(SEARCH_OPTION + ",".join(search))
         lines.append(f"dhcp-option=option:domain-name,{search[0]}")
@@ -78,10 +79,10 @@ def build_dhcp(
     if verbose:
         lines.append("log-dhcp")
     argv = ("dnsmasq", f"--conf-file={config_file}", *extra_args)
-    return DhcpPlan(config_file, pid_file, lease_file, tuple(lines), argv)
+    return DhcpPlan(config_file, pid_file, lease_file, tuple(lines), argv, search)
 
 
-def _nic_lines(nic: NicPlan, hostname: str, dns: PodDns) -> list[str]:
+def _nic_lines(nic: NicPlan, hostname: str, dns: PodDns, search: tuple[str, ...]) -> list[str]:
     guest, tag = nic.guest, f"nic{nic.index}"
     lines = [f"interface={nic.dhcp_link}"]
     if not isinstance(nic.link, NatLink):
@@ -109,7 +110,6 @@ def _nic_lines(nic: NicPlan, hostname: str, dns: PodDns) -> list[str]:
         if dns.nameservers6:
             servers = ",".join(f"[{ns}]" for ns in dns.nameservers6)
             lines.append(f"dhcp-option=tag:{tag}v6,option6:dns-server,{servers}")
-        search = dhcp_search(dns.search)
         if search:
             lines.append(f"dhcp-option=tag:{tag}v6,option6:domain-search,{','.join(search)}")
     return lines

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from kvmmgr.cloudconfig import GuestNetwork
 from kvmmgr.config import Settings
 from kvmmgr.configdrive import ConfigDrivePlan, DriveInputs, build_config_drive
-from kvmmgr.dhcp import DhcpPlan, build_dhcp, dhcp_search
+from kvmmgr.dhcp import DhcpPlan, build_dhcp
 from kvmmgr.dhcpguard import GuardedInterface, GuardPlan, build_guard
 from kvmmgr.errors import ConfigError
 from kvmmgr.firewall import FirewallPlan, build_firewall
@@ -83,12 +83,6 @@ def make_plan(
     firewall = build_firewall(nics=nics, keep_vnc=settings.vnc, exclude=settings.nat_exclude)
     dhcp = guard = None
     if settings.dhcp:
-        carried = len(dhcp_search(pod.dns.search))
-        if carried < len(pod.dns.search):
-            notes.append(
-                f"DHCP carries the first {carried} of the pod's {len(pod.dns.search)} search "
-                "domains (all that fit in option 119); the config drive has them all"
-            )
         dhcp = build_dhcp(
             run_dir=settings.run_dir,
             nics=nics,
@@ -98,6 +92,12 @@ def make_plan(
             log_to_file=not exec_qemu,
             extra_args=settings.dnsmasq_opts,
         )
+        carried, searched = len(dhcp.search), len(pod.dns.search)
+        if carried < searched:
+            notes.append(
+                f"DHCP carries the first {carried} of the pod's {searched} search domains "
+                "(those that are DNS names and fit in option 119); the config drive has all"
+            )
         shared = [_guarded(nic) for nic in nics if nic.mode != "nat"]
         guard = build_guard(shared) if shared else None
     config_drive = None
