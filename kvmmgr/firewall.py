@@ -26,8 +26,9 @@ VNC_PORT = 5900
 MULTIPORT_SLOTS = 15  # xt_multiport's limit per rule
 XTABLES_LOCK = "/run/xtables.lock"  # the lock the iptables commands take; we take it too
 Family = Literal[4, 6]
+TABLE_NAMES = ("raw", "nat", "filter")  # in the order packets meet them
 TABLES: tuple[tuple[Family, str], ...] = tuple(
-    (family, table) for family in (4, 6) for table in ("raw", "nat", "filter")
+    (family, table) for family in (4, 6) for table in TABLE_NAMES
 )
 
 Rule = str  # in iptables-save syntax; no value holds a space
@@ -162,8 +163,7 @@ class _Rules:
             for (family, table, hook), rules in self.hooked.items()
         ]
         order = {hook: n for n, hook in enumerate(self.HOOK_ORDER)}
-        tables = {table: n for n, (_, table) in enumerate(TABLES[:3])}
-        hooked.sort(key=lambda c: (c.family, tables[c.table], order[c.hook or ""]))
+        hooked.sort(key=lambda c: (c.family, TABLE_NAMES.index(c.table), order[c.hook or ""]))
         own = sorted(self.own, key=lambda c: (c.family, c.name))
         return tuple(hooked + own)
 
@@ -225,7 +225,7 @@ def _ip6_tables_in_use(names: Path = Path("/proc/net/ip6_tables_names")) -> bool
     The kernel makes a namespace's tables on first use, so a fresh pod has none and needs no
     IPv6 cleanup (nor the child process it costs). Unreadable: assume it has."""
     try:
-        return bool({table for _, table in TABLES} & set(names.read_text().split()))
+        return bool(set(TABLE_NAMES) & set(names.read_text().split()))
     except OSError:
         return True
 
