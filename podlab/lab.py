@@ -61,8 +61,8 @@ class Prober:
     def tcp(self, host: str, port: int) -> dict[str, Any]:
         return self._probe("tcp", host, str(port))
 
-    def udp(self, host: str, port: int, source: str | None = None) -> dict[str, Any]:
-        return self._probe("udp", host, str(port), *([source] if source else []))
+    def udp(self, host: str, port: int) -> dict[str, Any]:
+        return self._probe("udp", host, str(port))
 
     def http(self, url: str) -> dict[str, Any]:
         return self._probe("http", url)

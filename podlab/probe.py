@@ -4,7 +4,7 @@ Each check prints one JSON object on stdout and exits 0, whatever it found: the 
 what is right. The servers print `ready` once listening, then serve until killed.
 
     probe tcp HOST PORT          connect; the first bytes the server sends, or the error
-    probe udp HOST PORT [SOURCE] send a datagram (from SOURCE); the reply, or none
+    probe udp HOST PORT          send a datagram; the reply, or none
     probe http URL               GET; status and body
     probe rfb HOST PORT          VNC: the RFB banner and the security types offered
     probe serve NAME PORT...     answer on TCP and UDP PORTs with "NAME proto/port from PEER"
@@ -46,13 +46,11 @@ def tcp(host: str, port: int) -> dict[str, Any]:
         return {"connected": False, "error": type(exc).__name__}
 
 
-def udp(host: str, port: int, source: str | None = None) -> dict[str, Any]:
+def udp(host: str, port: int) -> dict[str, Any]:
     payload = f"probe-{port}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(TIMEOUT)
-        if source:
-            sock.bind((source, 0))
         sock.sendto(payload.encode(), (host, port))
         try:
             data, peer = sock.recvfrom(65536)
@@ -199,12 +197,8 @@ def main(argv: list[str]) -> int:
     elif kind == "wait-http":
         wait_http(args[0], float(args[1]))
     else:
-        if kind == "http":
-            result = http_get(args[0])
-        elif kind == "udp":
-            result = udp(args[0], int(args[1]), *args[2:3])
-        else:
-            result = {"tcp": tcp, "rfb": rfb}[kind](args[0], int(args[1]))
+        checks = {"tcp": tcp, "udp": udp, "rfb": rfb}
+        result = http_get(args[0]) if kind == "http" else checks[kind](args[0], int(args[1]))
         print(json.dumps(result))
     return 0
 
