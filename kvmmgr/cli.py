@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from kvmmgr import __version__
 from kvmmgr.errors import (
+    EXIT_NOT_READY,
     EXIT_NOT_RUNNING,
     EXIT_OK,
     ConfigError,
@@ -78,9 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     setup.set_defaults(handler=_setup)
     fetch = commands.add_parser("fetch", help="only make sure the base image is present")
     fetch.set_defaults(handler=_fetch)
-    status = commands.add_parser("status", help="exit 0 when the VM is running (asks QMP)")
+    status = commands.add_parser(
+        "status", help="exit 0 when the VM is running (asks QMP, and the guest agent)"
+    )
+    status.add_argument("--json", action="store_true", help="the status as a JSON object")
+    status.add_argument(
+        "--ready", action="store_true", help="exit 0 only when the VM is ready (READINESS)"
+    )
     status.set_defaults(handler=_status)
-    shutdown = commands.add_parser("shutdown", help="ACPI power-off, hard quit after a timeout")
+    shutdown = commands.add_parser(
+        "shutdown", help="power off (guest agent, then ACPI), hard quit after a timeout"
+    )
     shutdown.add_argument(
         "--timeout",
         type=float,
@@ -150,17 +159,35 @@ def _fetch(options: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _status(options: argparse.Namespace, extra: list[str]) -> int:
-    from kvmmgr.qmp import vm_status
+    import json
 
-    state = vm_status(_qmp_socket())
-    print(state or "not running")
-    return EXIT_OK if state == "running" else EXIT_NOT_RUNNING
+    from kvmmgr import control
+    from kvmmgr.config import load_readiness
+
+    if options.ready:
+        readiness = load_readiness(os.environ)
+        status, unready = control.check_ready(_run_dir(), readiness)
+    else:
+        status, unready = control.vm_status(_run_dir()), None
+    if options.json:
+        data = status.as_data()
+        if options.ready:
+            data.update(readiness=str(readiness), ready=unready is None, why_not=unready)
+        print(json.dumps(data, sort_keys=True))
+    else:
+        lines = status.lines()
+        if options.ready:
+            lines.append(f"not ready: {unready}" if unready else f"ready ({readiness})")
+        print("\n".join(lines))
+    if status.state != "running":
+        return EXIT_NOT_RUNNING
+    return EXIT_NOT_READY if unready else EXIT_OK
 
 
 def _shutdown(options: argparse.Namespace, extra: list[str]) -> int:
-    from kvmmgr.qmp import shutdown_vm
+    from kvmmgr.control import shutdown_vm
 
-    status, what = shutdown_vm(_qmp_socket(), options.timeout)
+    status, what = shutdown_vm(_run_dir(), options.timeout)
     print(what)
     return status
 
@@ -175,12 +202,13 @@ def _settings() -> Settings:
     return settings
 
 
-def _qmp_socket() -> Path:
-    """status and shutdown need only RUN_DIR: they must work whatever else is configured."""
+def _run_dir() -> Path:
+    """status and shutdown need only RUN_DIR (and `status --ready` READINESS): they must work
+    whatever else is configured."""
     run_dir = os.environ.get("RUN_DIR", "").strip() or "/run/kvmmgr"
     if not run_dir.startswith("/"):
         raise ConfigError.bad_value("RUN_DIR", run_dir, "an absolute path")
-    return Path(run_dir) / "qmp.sock"
+    return Path(run_dir)
 
 
 def _describe(plan: Plan) -> str:

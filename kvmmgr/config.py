@@ -22,6 +22,7 @@ NET_MODES: tuple[NetMode, ...] = ("nat", "bridge", "macvtap")
 # The VM's IPv6 side in NAT mode, on a dual-stack pod: a unique local /64 ("kvm" in hex),
 # the VM on ::2, the bridge (its router) on ::1.
 DEFAULT_VM_IP6 = "fd00:6b76:6d::2"
+DEFAULT_VM_IP = "192.168.254.2"
 
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"0", "false", "no"})
@@ -48,6 +49,19 @@ class PortSpec:
     def __str__(self) -> str:
         ports = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
         return f"{self.protocol}/{ports}"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """When the VM counts as ready (READINESS): QEMU runs; the guest agent answers; or the VM
+    accepts a TCP connection on `port` at `address` (its first NAT NIC's, VM_IP)."""
+
+    check: Literal["qemu", "agent", "tcp"]
+    port: int | None = None
+    address: IPv4Address | None = None
+
+    def __str__(self) -> str:
+        return f"tcp:{self.port}" if self.check == "tcp" else self.check
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class Settings:
     dhcp: bool
     dnsmasq_opts: tuple[str, ...]
     hostname: str | None
+    readiness: Readiness
     debug: bool
 
     @property
@@ -130,7 +145,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     img_retries = _whole_number("IMG_RETRIES", get("IMG_RETRIES") or "5", 0, MAX_RETRIES)
     img_ca_bundle = _abs_path(env, "IMG_CA_BUNDLE", "") if get("IMG_CA_BUNDLE") else None
 
-    vm_ip = _ipv4("VM_IP", get("VM_IP") or "192.168.254.2")
+    vm_ip = _ipv4("VM_IP", get("VM_IP") or DEFAULT_VM_IP)
     vm_gw = _ipv4("VM_GW", get("VM_GW") or "192.168.254.1")
     _check_pair(vm_ip, vm_gw)
 
@@ -157,6 +172,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     hostname = get("HOSTNAME") or None
     if hostname is not None:
         check_hostname("HOSTNAME", hostname)
+    attachments = _attachments(get("ATTACH_IFACES"), pod_iface, net_mode)
+    readiness = load_readiness(env)
+    modes = {a.mode for a in attachments} if attachments else {net_mode}
+    if readiness.check == "tcp" and "nat" not in modes:
+        raise ConfigError.bad_value(
+            "READINESS",
+            str(readiness),
+            "qemu or agent when no NIC is in nat mode (tcp:PORT connects to VM_IP)",
+        )
 
     return Settings(
         img_source=img_source,
@@ -177,7 +201,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         pod_iface=pod_iface,
         pod_ip=_ipv4("POD_IP", get("POD_IP")) if get("POD_IP") else None,
         net_mode=net_mode,
-        attachments=_attachments(get("ATTACH_IFACES"), pod_iface, net_mode),
+        attachments=attachments,
         selected_network=_network("SELECTED_NETWORK", get("SELECTED_NETWORK")),
         resolv_conf=_abs_path(env, "RESOLV_CONF", "/etc/resolv.conf"),
         drive_inputs=InputPaths(
@@ -193,8 +217,21 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         dhcp=not _boolean(env, "NO_DHCP"),
         dnsmasq_opts=dnsmasq_args,
         hostname=hostname,
+        readiness=readiness,
         debug=_boolean(env, "DEBUG"),
     )
+
+
+def load_readiness(env: Mapping[str, str]) -> Readiness:
+    """READINESS (and VM_IP, for tcp:PORT): all that `status --ready` needs to know."""
+    raw = env.get("READINESS", "").strip() or "qemu"
+    word, colon, port = raw.lower().partition(":")
+    if word in {"qemu", "agent"} and not colon:
+        return Readiness("qemu" if word == "qemu" else "agent")
+    if word == "tcp" and port.isdigit() and 1 <= int(port) <= 65535:
+        address = _ipv4("VM_IP", env.get("VM_IP", "").strip() or DEFAULT_VM_IP)
+        return Readiness("tcp", int(port), address)
+    raise ConfigError.bad_value("READINESS", raw, "qemu, agent or tcp:PORT (PORT 1-65535)")
 
 
 def check_hostname(name: str, value: str) -> str:

@@ -9,6 +9,7 @@ EXIT_FAILURE = 1  # a step of the startup path failed (download, kernel call, su
 EXIT_CONFIG = 2  # bad configuration, input file or pod environment; nothing was changed
 EXIT_NOT_RUNNING = 3  # status/shutdown: QEMU is not running
 EXIT_FORCED = 4  # shutdown: the guest ignored ACPI and QEMU was quit hard
+EXIT_NOT_READY = 5  # status --ready: QEMU runs, but the guest is not ready (READINESS)
 
 
 class KvmManagerError(Exception):

@@ -11,7 +11,9 @@ from typing import Literal
 
 from kvmmgr.errors import StepError
 from kvmmgr.files import write_atomic
+from kvmmgr.guestagent import AGENT_CHANNEL, AGENT_CHARDEV, AGENT_SOCKET
 from kvmmgr.nics import MacvtapLink, NicPlan
+from kvmmgr.qmp import QMP_SOCKET
 
 QEMU = "qemu-system-x86_64"
 VNC_SECRET_ID = "vncpass"
@@ -22,6 +24,7 @@ VNC_PASSWORD_FILE = "vnc-password"  # in RUN_DIR, beside the QMP socket
 class QemuPlan:
     argv: tuple[str, ...]
     qmp_socket: Path
+    agent_socket: Path  # the guest agent's channel, whether or not the guest runs one
     vnc_password_file: Path | None  # written at start from VNC_PASSWORD, never in argv
     macvtaps: tuple[tuple[str, int], ...]  # (macvtap, the fd QEMU expects its device on)
 
@@ -41,7 +44,8 @@ def build_qemu(
     run_dir: Path,
     extra_args: Sequence[str],
 ) -> QemuPlan:
-    qmp_socket = run_dir / "qmp.sock"
+    qmp_socket = run_dir / QMP_SOCKET
+    agent_socket = run_dir / AGENT_SOCKET
     password_file = run_dir / VNC_PASSWORD_FILE if vnc and vnc_password else None
     argv = [
         QEMU,
@@ -70,6 +74,13 @@ def build_qemu(
         "chardev:console",
         "-qmp",
         f"unix:{qmp_socket},server=on,wait=off",
+        # The guest agent's channel: always there, used when the guest runs an agent.
+        "-chardev",
+        f"socket,id={AGENT_CHARDEV},path={agent_socket},server=on,wait=off",
+        "-device",
+        "virtio-serial-pci,id=vserial0",
+        "-device",
+        f"virtserialport,bus=vserial0.0,chardev={AGENT_CHARDEV},name={AGENT_CHANNEL}",
         "-drive",
         f"file={overlay},if=none,id=disk0,format=qcow2,discard=unmap",
         "-device",
@@ -109,7 +120,7 @@ def build_qemu(
     macvtaps = tuple(
         (nic.link.macvtap, nic.link.fd) for nic in nics if isinstance(nic.link, MacvtapLink)
     )
-    return QemuPlan(tuple(argv), qmp_socket, password_file, macvtaps)
+    return QemuPlan(tuple(argv), qmp_socket, agent_socket, password_file, macvtaps)
 
 
 def write_vnc_password(plan: QemuPlan, password: str | None) -> None:
@@ -122,7 +133,8 @@ def write_vnc_password(plan: QemuPlan, password: str | None) -> None:
 
 def exec_qemu(plan: QemuPlan) -> None:
     """Replace this process with QEMU: it becomes the container's main process."""
-    plan.qmp_socket.unlink(missing_ok=True)  # a stale socket from a previous QEMU
+    for stale in (plan.qmp_socket, plan.agent_socket):  # sockets of a previous QEMU
+        stale.unlink(missing_ok=True)
     for macvtap, fd in plan.macvtaps:
         open_macvtap(macvtap, fd, plan.qmp_socket.parent)
     try:

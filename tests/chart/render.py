@@ -119,6 +119,7 @@ VALUE_SETS: dict[str, Values] = {
                 "natExclude": ["tcp/9100", "udp/5353"],
                 "dhcp": False,
                 "dnsmasqOpts": "--log-queries --dhcp-option=42,10.0.0.1",
+                "readiness": "tcp:3389",
             },
             "cloudInit": {"format": "nocloud", "metadata": {"role": "all"}},
             "debug": True,

@@ -70,6 +70,8 @@ def test_every_value_set_passes(values: Values) -> None:
         ({"cloudInit": {"format": "iso"}}, "/cloudInit/format"),
         ({"cloudInit": {"userData": "#cloud-config\n"}}, "userData"),
         ({"vm": {"accel": "hvf"}}, "/vm/accel"),
+        ({"vm": {"readiness": "tcp:70000"}}, "/vm/readiness"),
+        ({"vm": {"readiness": "ssh"}}, "/vm/readiness"),
         ({"vm": {"memory": "2 gigs"}}, "/vm/memory"),
         ({"vm": {"mac": "52:54:00:12:34"}}, "/vm/mac"),
         ({"vm": {"natExclude": "tcp/9100"}}, "/vm/natExclude"),

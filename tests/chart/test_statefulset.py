@@ -68,6 +68,7 @@ def test_every_contract_value_reaches_its_variable() -> None:
         "NAT_EXCLUDE": "tcp/9100 udp/5353",
         "NO_DHCP": "true",
         "DNSMASQ_OPTS": "--log-queries --dhcp-option=42,10.0.0.1",
+        "READINESS": "tcp:3389",
         "CONFIG_DRIVE_FORMAT": "nocloud",
         **INPUTS_ENV,
         "DEBUG": "true",
@@ -155,7 +156,9 @@ def test_an_existing_image_cache_claim_renders_none() -> None:
 
 def test_probes_ask_kvm_manager_and_allow_a_long_download() -> None:
     main = container(DEFAULTS.statefulset())
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    # Readiness follows READINESS (QEMU by default); startup and liveness only ask for QEMU.
+    assert main["readinessProbe"]["exec"]["command"] == ["kvm-manager", "status", "--ready"]
+    for probe in ("startupProbe", "livenessProbe"):
         assert main[probe]["exec"]["command"] == ["kvm-manager", "status"], probe
     startup = main["startupProbe"]
     assert startup["periodSeconds"] == 10

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmmgr.config import InputPaths, PortSpec, load_settings
+from kvmmgr.config import InputPaths, PortSpec, Readiness, load_settings
 from kvmmgr.errors import EXIT_CONFIG, ConfigError
 from tests.unit.factories import BASE_ENV, settings
 
@@ -175,6 +175,10 @@ BAD_VALUES = [
     ("VM_IP6", "fd00::zz", "an IPv6 address"),
     ("VM_IP6", "10.0.0.1", "an IPv6 address"),
     ("CONFIG_DRIVE_FORMAT", "iso", "one of configdrive, nocloud, none"),
+    ("READINESS", "ssh", "qemu, agent or tcp:PORT"),
+    ("READINESS", "tcp:0", "qemu, agent or tcp:PORT"),
+    ("READINESS", "tcp:65536", "qemu, agent or tcp:PORT"),
+    ("READINESS", "agent:22", "qemu, agent or tcp:PORT"),
 ]
 
 
@@ -193,6 +197,17 @@ def test_bad_value_names_variable_value_and_expectation(
     assert expected in message
     assert "\n" not in message
     assert caught.value.exit_status == EXIT_CONFIG
+
+
+def test_readiness() -> None:
+    assert settings().readiness == Readiness("qemu")
+    assert settings(READINESS="Agent").readiness == Readiness("agent")
+    tcp = settings(READINESS="tcp:22", VM_IP="10.99.0.2", VM_GW="10.99.0.1").readiness
+    assert tcp == Readiness("tcp", 22, IPv4Address("10.99.0.2")) and str(tcp) == "tcp:22"
+    # tcp:PORT connects to VM_IP: a NIC in nat mode must have it.
+    assert settings(READINESS="tcp:22", ATTACH_IFACES="eth0:bridge net1:nat").readiness.port == 22
+    with pytest.raises(ConfigError, match=r"READINESS='tcp:22': expected qemu or agent when no"):
+        settings(READINESS="tcp:22", NET_MODE="bridge")
 
 
 def test_missing_image_source_and_target() -> None:

@@ -26,7 +26,10 @@ def test_default_argv() -> None:
     assert _option(argv, "-m") == ["1024"]
     assert _option(argv, "-smp") == ["1"]
     assert "-nodefaults" in argv
-    assert _option(argv, "-chardev") == ["stdio,id=console,signal=off"]
+    assert _option(argv, "-chardev") == [
+        "stdio,id=console,signal=off",
+        "socket,id=qga0,path=/run/test-kvmmgr/qga.sock,server=on,wait=off",
+    ]
     assert _option(argv, "-serial") == ["chardev:console"]
     assert "-monitor" not in argv  # -nodefaults: no monitor on stdio either
     assert _option(argv, "-qmp") == ["unix:/run/test-kvmmgr/qmp.sock,server=on,wait=off"]
@@ -40,6 +43,14 @@ def test_default_argv() -> None:
     assert f"virtio-net-pci,netdev=net0,mac={mac}" in _option(argv, "-device")
     assert _option(argv, "-vnc") == ["0.0.0.0:0"]
     assert q.vnc_password_file is None
+
+
+def test_the_guest_agent_channel_is_always_there() -> None:
+    devices = _option(_qemu().argv, "-device")
+    assert "virtio-serial-pci,id=vserial0" in devices
+    port = "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0"
+    assert port in devices
+    assert _qemu().agent_socket == Path("/run/test-kvmmgr/qga.sock")
 
 
 def test_kvm_and_vhost_when_the_pod_has_them() -> None:

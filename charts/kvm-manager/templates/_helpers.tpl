@@ -256,6 +256,10 @@ The kvm-manager container's environment (context: a VM).
 - name: DNSMASQ_OPTS
   value: {{ . | quote }}
 {{- end }}
+{{- if ne ($vm.readiness | default "qemu") "qemu" }}
+- name: READINESS
+  value: {{ $vm.readiness | quote }}
+{{- end }}
 - name: CONFIG_DRIVE_FORMAT
   value: {{ .v.cloudInit.format | quote }}
 {{- range list "userdata" "metadata" "networkdata" "vendordata" }}
