@@ -36,6 +36,8 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MEMORY_RE = re.compile(r"^(\d+)\s*(M|Mi|MiB|MB|G|Gi|GiB|GB)?$")
+_DISK_SIZE_RE = re.compile(r"^(\d+)\s*(?:([KMGT])(?:i|iB|B)?)?$", re.IGNORECASE)
+MAX_DISK_BYTES = 64 << 40  # qcow2 itself allows more; no appliance needs it
 
 
 @dataclass(frozen=True, order=True)
@@ -98,6 +100,7 @@ class Settings:
     vm_mac: str | None
     vm_memory_mib: int | None
     vm_cpus: int | None
+    vm_disk_size: int | None  # bytes; None: the base image's size
     vm_accel: Accel
     pod_iface: str
     pod_ip: IPv4Address | None
@@ -197,6 +200,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         vm_mac=_mac(get("VM_MAC")),
         vm_memory_mib=_memory(get("VM_MEMORY")),
         vm_cpus=_positive_int("VM_CPUS", get("VM_CPUS"), MAX_CPUS),
+        vm_disk_size=_disk_size(get("VM_DISK_SIZE")),
         vm_accel=_choice("VM_ACCEL", get("VM_ACCEL") or "auto", ("auto", "kvm", "tcg")),
         pod_iface=pod_iface,
         pod_ip=_ipv4("POD_IP", get("POD_IP")) if get("POD_IP") else None,
@@ -341,6 +345,21 @@ def _memory(raw: str) -> int | None:
     if not 1 <= mib <= MAX_MEMORY_MIB:
         raise ConfigError.bad_value("VM_MEMORY", raw, expected)
     return mib
+
+
+def _disk_size(raw: str) -> int | None:
+    """VM_DISK_SIZE: bytes, or with a binary unit (K, M, G, T; also Ki, GiB...), rounded up to
+    whole MiB (qcow2 wants sector multiples; MiB keeps partitioning tools happy)."""
+    if not raw:
+        return None
+    match = _DISK_SIZE_RE.match(raw)
+    unit = (match.group(2) or "").upper() if match else ""
+    size = int(match.group(1)) << (10 * " KMGT".index(unit or " ")) if match else 0
+    if not 1 <= size <= MAX_DISK_BYTES:
+        raise ConfigError.bad_value(
+            "VM_DISK_SIZE", raw, "a disk size such as 20G, 20Gi or 10240M (at most 64 TiB)"
+        )
+    return -(-size // (1 << 20)) << 20
 
 
 def _positive_int(name: str, raw: str, maximum: int) -> int | None:

@@ -37,6 +37,12 @@ def inspect(path: Path, what: str) -> DiskInfo:
     return DiskInfo(fmt, int(info.get("virtual-size", 0)))
 
 
+def virtual_size(path: Path) -> int:
+    """The size the guest sees of a disk of our own (the VM's overlay)."""
+    info = json.loads(proc.run(["qemu-img", "info", "--output=json", str(path)]))
+    return int(info["virtual-size"])
+
+
 def looks_like_text(head: bytes) -> bool:
     """An empty file, or text (no NUL, valid UTF-8): an error page, a redirect notice."""
     if not head:

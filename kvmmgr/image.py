@@ -42,6 +42,7 @@ class DiskPlan:
     overlay: Path
     retries: int
     ca_bundle: Path | None
+    size: int | None = None  # the VM's disk size (VM_DISK_SIZE); None: the base's
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,14 @@ def build_disks(
     hostname: str,
     retries: int = 5,
     ca_bundle: Path | None = None,
+    size: int | None = None,
 ) -> DiskPlan:
     base = image_dir / target
     local = local_path(source) if source else None
     if local is not None and local.parent == image_dir and unpack.by_name(local.name) is None:
         base = local  # already in the cache: used in place, never copied
-    return DiskPlan(source, base, sha256, vm_dir / f"{hostname}.qcow2", retries, ca_bundle)
+    overlay = vm_dir / f"{hostname}.qcow2"
+    return DiskPlan(source, base, sha256, overlay, retries, ca_bundle, size)
 
 
 def check_available(plan: DiskPlan) -> None:
@@ -79,6 +82,8 @@ def check_available(plan: DiskPlan) -> None:
     if plan.ca_bundle is not None and not plan.ca_bundle.is_file():
         raise ConfigError.bad_value("IMG_CA_BUNDLE", str(plan.ca_bundle), "an existing PEM file")
     if plan.base.exists():
+        if plan.size is not None and not plan.overlay.exists():
+            _check_size_fits_base(plan)
         return
     if plan.source is None:
         raise ConfigError(
@@ -229,19 +234,25 @@ def read_record(path: Path, describes: Path) -> BaseRecord | None:
 
 def ensure_overlay(plan: DiskPlan) -> str:
     """Create the VM's own disk on top of the base image, only if it does not exist yet.
-    The overlay is the VM's persistent state: it is never recreated, overwritten or rebased."""
+    The overlay is the VM's persistent state: it is never recreated, overwritten or rebased;
+    it only grows, to VM_DISK_SIZE when that is raised."""
     overlay_record = _hidden(plan.overlay, ".json")
     if plan.overlay.exists():
         _check_same_base(plan, overlay_record)
-        return f"reusing {plan.overlay}"
+        return f"reusing {plan.overlay}{_grow(plan)}"
     base = _base_record(plan)
+    sized: list[str] = []  # qemu-img's size argument; none: the base's size
+    if plan.size is not None:
+        _check_size_fits_base(plan)
+        _check_room(plan, plan.size)
+        sized = [str(plan.size)]
     plan.overlay.parent.mkdir(parents=True, exist_ok=True)
     temp = plan.overlay.with_name(f".{plan.overlay.name}.{os.getpid()}.tmp")
     try:
         proc.run(
             [
                 "qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format,
-                "-b", str(plan.base.absolute()), str(temp),
+                "-b", str(plan.base.absolute()), str(temp), *sized,
             ]
         )  # fmt: skip
         os.chmod(temp, 0o600)
@@ -252,7 +263,54 @@ def ensure_overlay(plan: DiskPlan) -> str:
             return f"reusing {plan.overlay} (created meanwhile by another start)"
     finally:
         temp.unlink(missing_ok=True)
-    return f"created {plan.overlay} (qcow2 on {base.format} base {plan.base})"
+    of = f", {size(plan.size)}" if plan.size is not None else ""
+    return f"created {plan.overlay} (qcow2 on {base.format} base {plan.base}{of})"
+
+
+def _grow(plan: DiskPlan) -> str:
+    """Grow the overlay to VM_DISK_SIZE when that is more than it has; never shrink it."""
+    if plan.size is None:
+        return ""
+    now = diskformat.virtual_size(plan.overlay)
+    if plan.size < now:
+        log.warning(
+            "disk: VM_DISK_SIZE %s is less than the disk's %s: a disk never shrinks",
+            size(plan.size),
+            size(now),
+        )
+        return ""
+    if plan.size == now:
+        return ""
+    _check_room(plan, plan.size - plan.overlay.stat().st_blocks * 512)
+    proc.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(plan.overlay), str(plan.size)])
+    return f" (grown from {size(now)} to {size(plan.size)})"
+
+
+def _check_size_fits_base(plan: DiskPlan) -> None:
+    """VM_DISK_SIZE may not cut the base image short: the guest's data would be lost."""
+    assert plan.size is not None
+    base = diskformat.inspect(plan.base, str(plan.base)).virtual_size
+    if plan.size < base:
+        raise ConfigError.bad_value(
+            "VM_DISK_SIZE",
+            size(plan.size),
+            f"at least the base image's virtual size, {size(base)} ({plan.base})",
+        )
+
+
+def _check_room(plan: DiskPlan, growth: int) -> None:
+    """The disk may come to hold `growth` more bytes: the volume must have them."""
+    folder = plan.overlay.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    fs = os.statvfs(folder)
+    free = fs.f_bavail * fs.f_frsize
+    if growth > free:
+        raise ConfigError.bad_value(
+            "VM_DISK_SIZE",
+            size(plan.size or 0),
+            f"a size the volume of {plan.overlay} can hold: it has {size(free)} free",
+        )
 
 
 def _base_record(plan: DiskPlan) -> BaseRecord:

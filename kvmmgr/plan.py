@@ -156,6 +156,7 @@ def disks_of(settings: Settings, hostname: str) -> DiskPlan:
         hostname=hostname,
         retries=settings.img_retries,
         ca_bundle=settings.img_ca_bundle,
+        size=settings.vm_disk_size,
     )
 
 

@@ -113,6 +113,7 @@ VALUE_SETS: dict[str, Values] = {
                 "accel": "tcg",
                 "memory": "2G",
                 "cpus": 2,
+                "diskSize": "18G",
                 "mac": "52:54:00:12:34:56",
                 "ip": "10.99.0.2",
                 "gateway": "10.99.0.1",

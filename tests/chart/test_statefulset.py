@@ -62,6 +62,7 @@ def test_every_contract_value_reaches_its_variable() -> None:
         "VM_ACCEL": "tcg",
         "VM_MEMORY": "2G",
         "VM_CPUS": "2",
+        "VM_DISK_SIZE": "18G",
         "VM_MAC": "52:54:00:12:34:56",
         "VM_IP": "10.99.0.2",
         "VM_GW": "10.99.0.1",

@@ -3,6 +3,7 @@ never run on a base that changed under it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmmgr.errors import StepError
+from kvmmgr.errors import ConfigError, StepError
 from kvmmgr.image import DiskPlan, build_disks, ensure_base, ensure_overlay
 
 MiB = 1 << 20
@@ -91,3 +92,44 @@ def test_an_overlay_without_a_record_is_reused(tmp_path: Path) -> None:
     ensure_overlay(disks)
     (disks.overlay.parent / ".vm-0.qcow2.json").unlink()  # as made by an older version
     assert ensure_overlay(disks) == f"reusing {disks.overlay}"
+
+
+def test_the_disk_takes_vm_disk_size_grows_when_it_is_raised_and_never_shrinks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = _disks(tmp_path, random.Random(2).randbytes(MiB))
+    sized = dataclasses.replace(base, size=64 * MiB)
+    assert ensure_overlay(sized).endswith(", 64.0 MiB)")
+    assert _info(sized.overlay)["virtual-size"] == 64 * MiB
+    grown = dataclasses.replace(base, size=96 * MiB)
+    assert ensure_overlay(grown) == f"reusing {base.overlay} (grown from 64.0 MiB to 96.0 MiB)"
+    assert _info(base.overlay)["virtual-size"] == 96 * MiB
+    assert ensure_overlay(grown) == f"reusing {base.overlay}"  # converged: nothing to do
+    # What the base held is still there, and the rest reads as zeros.
+    flat = tmp_path / "flat.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(base.overlay), str(flat)],
+        check=True,
+    )
+    head = flat.read_bytes()[: 2 * MiB]
+    assert head == random.Random(2).randbytes(MiB) + bytes(MiB)
+    assert ensure_overlay(dataclasses.replace(base, size=32 * MiB)) == f"reusing {base.overlay}"
+    assert "a disk never shrinks" in caplog.text
+    assert _info(base.overlay)["virtual-size"] == 96 * MiB
+
+
+def test_a_disk_size_below_the_base_or_beyond_the_volume_is_refused_before_any_change(
+    tmp_path: Path,
+) -> None:
+    base = _disks(tmp_path, random.Random(3).randbytes(4 * MiB))
+    with pytest.raises(ConfigError, match=r"VM_DISK_SIZE='2.0 MiB': expected at least the base"):
+        ensure_overlay(dataclasses.replace(base, size=2 * MiB))
+    with pytest.raises(ConfigError, match=r"VM_DISK_SIZE='60.0 TiB'|a size the volume .* can hold"):
+        ensure_overlay(dataclasses.replace(base, size=60 << 40))
+    assert not base.overlay.parent.exists() or list(base.overlay.parent.iterdir()) == []
+    # Also once the disk exists: growing it past the volume's free space is refused.
+    ensure_overlay(base)
+    before = base.overlay.read_bytes()
+    with pytest.raises(ConfigError, match=r"a size the volume .* can hold: it has .* free"):
+        ensure_overlay(dataclasses.replace(base, size=60 << 40))
+    assert base.overlay.read_bytes() == before

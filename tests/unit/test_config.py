@@ -175,6 +175,10 @@ BAD_VALUES = [
     ("VM_IP6", "fd00::zz", "an IPv6 address"),
     ("VM_IP6", "10.0.0.1", "an IPv6 address"),
     ("CONFIG_DRIVE_FORMAT", "iso", "one of configdrive, nocloud, none"),
+    ("VM_DISK_SIZE", "20 gigs", "a disk size such as 20G"),
+    ("VM_DISK_SIZE", "0", "a disk size such as 20G"),
+    ("VM_DISK_SIZE", "65T", "at most 64 TiB"),
+    ("VM_DISK_SIZE", "1.5G", "a disk size such as 20G"),
     ("READINESS", "ssh", "qemu, agent or tcp:PORT"),
     ("READINESS", "tcp:0", "qemu, agent or tcp:PORT"),
     ("READINESS", "tcp:65536", "qemu, agent or tcp:PORT"),
@@ -197,6 +201,15 @@ def test_bad_value_names_variable_value_and_expectation(
     assert expected in message
     assert "\n" not in message
     assert caught.value.exit_status == EXIT_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [("20G", 20 << 30), ("20Gi", 20 << 30), ("20GiB", 20 << 30), ("10240m", 10 << 30),
+     ("1T", 1 << 40), ("4096K", 4 << 20), ("1000000", 1 << 20), ("", None)],
+)  # fmt: skip
+def test_disk_size_units_rounded_up_to_whole_mib(raw: str, size: int | None) -> None:
+    assert settings(VM_DISK_SIZE=raw).vm_disk_size == size
 
 
 def test_readiness() -> None:

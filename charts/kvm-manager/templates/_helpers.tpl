@@ -216,6 +216,10 @@ The kvm-manager container's environment (context: a VM).
 - name: VM_CPUS
   value: {{ . | quote }}
 {{- end }}
+{{- with $vm.diskSize }}
+- name: VM_DISK_SIZE
+  value: {{ . | quote }}
+{{- end }}
 {{- with $vm.mac }}
 - name: VM_MAC
   value: {{ . | quote }}
