@@ -42,6 +42,9 @@ class GuestNetwork:
     nics: tuple[GuestNic, ...]
     nameservers: tuple[IPv4Address, ...]
     search: tuple[str, ...]
+    # DHCP serves the NICs: the guest is told to ask it, so that its DHCP client (which also
+    # writes resolv.conf and sets the MTU) configures them. Else the whole static picture.
+    dhcp: bool = False
 
 
 def identity(metadata: Mapping[str, Any], hostname: str) -> tuple[str, str]:
@@ -101,6 +104,21 @@ def routes_of(nic: GuestNic) -> tuple[Route, ...]:
     return (Route(IPv4Network("0.0.0.0/0"), nic.router),) if nic.router else ()
 
 
+def gateway_of(nic: GuestNic) -> IPv4Address | None:
+    """The router, when the default route via it is all the NIC needs: given as the subnet's
+    gateway, which every renderer turns into a default route of its own kind. (As a route,
+    cloud-init's ifupdown renderer writes `route add`, of net-tools, which minimal guests
+    lack.)"""
+    if nic.routes or nic.router is None or nic.router not in nic.address.network:
+        return None
+    return nic.router
+
+
+def static_routes_of(nic: GuestNic) -> tuple[Route, ...]:
+    """The routes the subnet's gateway does not already give."""
+    return () if gateway_of(nic) else routes_of(nic)
+
+
 def network_data_json(net: GuestNetwork) -> dict[str, Any]:
     """OpenStack's network_data.json. cloud-init names each link after the NIC that has its
     MAC; DNS goes both on the networks (where cloud-init reads the search domains) and as
@@ -110,22 +128,26 @@ def network_data_json(net: GuestNetwork) -> dict[str, Any]:
     for number, nic in enumerate(net.nics):
         link = f"pod{number}"
         links.append({"id": link, "type": "phy", "ethernet_mac_address": nic.mac, "mtu": nic.mtu})
+        network: dict[str, Any] = {"id": f"{link}-ipv4", "link": link, "network_id": "kvm-manager"}
+        if net.dhcp:
+            networks.append({**network, "type": "ipv4_dhcp"})
+            continue
         routes = [
             {
                 "network": str(r.destination.network_address),
                 "netmask": str(r.destination.netmask),
                 "gateway": str(r.gateway or "0.0.0.0"),
             }
-            for r in routes_of(nic)
+            for r in static_routes_of(nic)
         ]
+        gateway = gateway_of(nic)
         networks.append(
             {
-                "id": f"{link}-ipv4",
+                **network,
                 "type": "ipv4",
-                "link": link,
-                "network_id": "kvm-manager",
                 "ip_address": str(nic.address.ip),
                 "netmask": str(nic.address.netmask),
+                **({"gateway": str(gateway)} if gateway else {}),
                 "routes": routes,
                 "dns_nameservers": [str(ns) for ns in net.nameservers],
                 "dns_search": list(net.search),
@@ -143,8 +165,16 @@ def network_config_v2(net: GuestNetwork) -> dict[str, Any]:
         nameservers["search"] = list(net.search)
     ethernets = {}
     for number, nic in enumerate(net.nics):
+        ethernet: dict[str, Any] = {"match": {"macaddress": nic.mac}, "mtu": nic.mtu}
+        ethernet["nameservers"] = nameservers
+        if net.dhcp:
+            ethernet["dhcp4"] = True
+            if nic.address6:
+                ethernet["dhcp6"] = True
+            ethernets[f"eth{number}"] = ethernet
+            continue
         routes: list[dict[str, Any]] = []
-        for route in routes_of(nic):
+        for route in static_routes_of(nic):
             if route.gateway is None:
                 routes.append({"to": str(route.destination), "scope": "link"})
             elif route.gateway in nic.address.network:
@@ -153,14 +183,12 @@ def network_config_v2(net: GuestNetwork) -> dict[str, Any]:
                 routes.append(
                     {"to": str(route.destination), "via": str(route.gateway), "on-link": True}
                 )
-        addresses = [str(nic.address)] + ([str(nic.address6)] if nic.address6 else [])
-        ethernets[f"eth{number}"] = {
-            "match": {"macaddress": nic.mac},
-            "addresses": addresses,
-            "routes": routes,
-            "nameservers": nameservers,
-            "mtu": nic.mtu,
-        }
+        ethernet["addresses"] = [str(nic.address)] + ([str(nic.address6)] if nic.address6 else [])
+        gateway = gateway_of(nic)
+        if gateway:
+            ethernet["gateway4"] = str(gateway)
+        ethernet["routes"] = routes
+        ethernets[f"eth{number}"] = ethernet
     return {"version": 2, "ethernets": ethernets}
 
 

@@ -102,7 +102,12 @@ def make_plan(
         guard = build_guard(shared) if shared else None
     config_drive = None
     if settings.config_drive_format is not None:
-        guest = GuestNetwork(tuple(nic.guest for nic in nics), pod.dns.nameservers, pod.dns.search)
+        guest = GuestNetwork(
+            tuple(nic.guest for nic in nics),
+            pod.dns.nameservers,
+            pod.dns.search,
+            dhcp=settings.dhcp,
+        )
         config_drive = build_config_drive(
             drive_format=settings.config_drive_format,
             iso=settings.run_dir / "config-drive.iso",

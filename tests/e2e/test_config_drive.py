@@ -17,11 +17,11 @@ def test_nocloud_drive_reaches_the_guest(lab: PodLab) -> None:
     assert ran["body"] == f"written-by-user-data on {HOSTNAME}\n"
     meta = lab.from_node.http(f"http://{lab.net.pod_ip}/cfg/meta-data")["body"]
     assert f"local-hostname: {HOSTNAME}" in meta and "role: e2e" in meta
-    # The network config the guest would apply with NO_DHCP names its own NIC by MAC.
+    # The network config names the guest's own NIC by MAC, and tells it to ask DHCP.
     mac = marker(vm.console.wait_for(r"^KVMTEST_LINK ", 5))["mac"]
     network = yaml.safe_load(
         lab.from_node.http(f"http://{lab.net.pod_ip}/cfg/network-config")["body"]
     )
     eth0 = network["ethernets"]["eth0"]
     assert eth0["match"] == {"macaddress": mac}
-    assert eth0["addresses"] == [f"{VM_IP}/30"] and eth0["mtu"] == lab.net.mtu
+    assert eth0["dhcp4"] is True and eth0["mtu"] == lab.net.mtu

@@ -3,13 +3,14 @@ every naming. What cloud-init itself reads from it: tests/integration/test_cloud
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
 import time
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from kvmmgr.configdrive import (
     write_iso,
 )
 from kvmmgr.errors import ConfigError
+from kvmmgr.pod import Route
 
 USERDATA = b"#!/bin/sh\necho 'hello \xc3\xa9'\r\nexit 0\n\x00binary-tail"
 NIC = GuestNic(
@@ -50,6 +52,7 @@ def drive(
     fmt: DriveFormat = "configdrive",
     userdata: bytes | None = USERDATA,
     metadata: dict[str, Any] | None = None,
+    network: GuestNetwork = NETWORK,
     **more: bytes,
 ) -> ConfigDrivePlan:
     return build_config_drive(
@@ -57,7 +60,7 @@ def drive(
         iso=tmp_path / "config-drive.iso",
         hostname="vm-0",
         inputs=DriveInputs(userdata, metadata, **more),
-        network=NETWORK,
+        network=network,
         networkdata_path=tmp_path / "networkdata",
     )
 
@@ -135,15 +138,15 @@ def test_public_keys_in_each_format(tmp_path: Path, keys: object) -> None:
 
 
 def test_generated_network_config_matches_the_vm(tmp_path: Path) -> None:
+    """Without DHCP (NETWORK's default): the whole static picture, the default route as the
+    subnet's gateway (what every renderer turns into a default route of its own)."""
     config2 = json.loads(files(drive(tmp_path))["openstack/latest/network_data.json"])
     assert config2["links"] == [
         {"id": "pod0", "type": "phy", "ethernet_mac_address": NIC.mac, "mtu": 1450}
     ]
     network = config2["networks"][0]
     assert (network["ip_address"], network["netmask"]) == ("192.168.254.2", "255.255.255.252")
-    assert network["routes"] == [
-        {"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "192.168.254.1"}
-    ]
+    assert (network["type"], network["gateway"], network["routes"]) == ("ipv4", "192.168.254.1", [])
     assert network["dns_search"] == ["default.svc.cluster.local", "svc.cluster.local"]
     assert config2["services"] == [
         {"type": "dns", "address": "10.96.0.10"},
@@ -153,8 +156,48 @@ def test_generated_network_config_matches_the_vm(tmp_path: Path) -> None:
     eth0 = v2["ethernets"]["eth0"]
     assert eth0["match"] == {"macaddress": NIC.mac}
     assert eth0["addresses"] == ["192.168.254.2/30"] and eth0["mtu"] == 1450
-    assert eth0["routes"] == [{"to": "0.0.0.0/0", "via": "192.168.254.1"}]
+    assert (eth0["gateway4"], eth0["routes"]) == ("192.168.254.1", [])
     assert eth0["nameservers"]["search"] == ["default.svc.cluster.local", "svc.cluster.local"]
+
+
+def test_with_dhcp_the_guest_is_told_to_ask_for_its_address(tmp_path: Path) -> None:
+    """Its DHCP client then sets the address, routes, resolv.conf and MTU from the lease."""
+    served = dataclasses.replace(NETWORK, dhcp=True)
+    config2 = json.loads(
+        files(drive(tmp_path, network=served))["openstack/latest/network_data.json"]
+    )
+    assert config2["networks"] == [
+        {"id": "pod0-ipv4", "link": "pod0", "network_id": "kvm-manager", "type": "ipv4_dhcp"}
+    ]
+    assert config2["links"][0]["mtu"] == 1450 and len(config2["services"]) == 2
+    v2 = yaml.safe_load(files(drive(tmp_path, "nocloud", network=served))["network-config"])
+    eth0 = v2["ethernets"]["eth0"]
+    assert (eth0["dhcp4"], eth0["mtu"], eth0["match"]) == (True, 1450, {"macaddress": NIC.mac})
+    assert "addresses" not in eth0 and "routes" not in eth0
+
+
+def test_routes_the_router_alone_does_not_give_stay_routes(tmp_path: Path) -> None:
+    routed = GuestNic(
+        mac=NIC.mac,
+        address=IPv4Interface("10.244.1.7/32"),
+        router=IPv4Address("169.254.1.1"),
+        routes=(
+            Route(IPv4Network("169.254.1.1/32"), None),
+            Route(IPv4Network("0.0.0.0/0"), IPv4Address("169.254.1.1")),
+        ),
+        mtu=1450,
+    )
+    net = dataclasses.replace(NETWORK, nics=(routed,))
+    network = json.loads(files(drive(tmp_path, network=net))["openstack/latest/network_data.json"])
+    assert "gateway" not in network["networks"][0]
+    assert len(network["networks"][0]["routes"]) == 2
+    eth0 = yaml.safe_load(files(drive(tmp_path, "nocloud", network=net))["network-config"])
+    assert "gateway4" not in eth0["ethernets"]["eth0"]
+    assert eth0["ethernets"]["eth0"]["routes"][1] == {
+        "to": "0.0.0.0/0",
+        "via": "169.254.1.1",
+        "on-link": True,
+    }
 
 
 def test_the_users_network_config_replaces_ours(tmp_path: Path) -> None:
