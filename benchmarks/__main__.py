@@ -21,6 +21,8 @@ def main() -> int:
         ("Startup", startup.main, ["--runs", "3" if quick else "9"]),
         ("Datapath", datapath.main, ["--runs", "2" if quick else "5"]),
         ("Boot to reachable", boot.main, ["--runs", "2" if quick else "7"]),
+        ("Boot to reachable: the Debian guest", boot.main,
+         ["--guest", "debian", "--runs", "1" if quick else "5"]),
         ("Image download", fetch.main, ["--runs", "1" if quick else "3"]
          + (["--size-gib", "0.5"] if quick else [])),
     ]  # fmt: skip

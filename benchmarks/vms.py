@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import say, timed
-from podlab import guest
+from podlab import debian, guest
 from podlab.lab import KVM_MANAGER, KvmManager, PodLab
 from podlab.netns import Namespace
 
@@ -30,12 +30,15 @@ USER_MODE = (
 
 
 class GuestPods:
-    def __init__(self, workdir: Path) -> None:
+    """`guest`: busybox (the test guest, seconds to boot) or debian (the real guest)."""
+
+    def __init__(self, workdir: Path, guest_name: str = "busybox") -> None:
         self.workdir = workdir
         self.cache = workdir / "image-cache"
         self.pods = 0
-        say("building (or reusing) the test guest")
-        self.image = guest.build()
+        self.debian = guest_name == "debian"
+        say(f"building (or reusing) the {guest_name} guest")
+        self.image = debian.build() if self.debian else guest.build()
 
     def prepare(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -48,9 +51,14 @@ class GuestPods:
         return PodLab(self.workdir / f"pod-{self.pods}")
 
     def volumes(self, lab: PodLab) -> dict[str, str]:
+        """The shared cache, a disk of the pod's own; the Debian guest's size and inputs."""
         disk = lab.volumes / "vm"
         disk.mkdir(exist_ok=True)
-        return {"IMAGE_DIR": str(self.cache), "IMG_SOURCE": str(self.image), "VM_DIR": str(disk)}
+        env = {"IMAGE_DIR": str(self.cache), "IMG_SOURCE": str(self.image), "VM_DIR": str(disk)}
+        if self.debian:
+            (lab.volumes / "userdata").write_text("#cloud-config\n{}\n")
+            env["VM_MEMORY"] = debian.MEMORY_MIB
+        return env
 
     def kvm_manager(self, lab: PodLab) -> KvmManager:
         """`kvm-manager run`, as the container's entrypoint."""
@@ -65,6 +73,9 @@ class GuestPods:
     def bare(self, lab: PodLab, argv: Sequence[str]) -> KvmManager:
         """QEMU started directly in the pod, as the container's main process."""
         return KvmManager(lab.net.pod.argv(*argv), lab.env(), self.workdir / f"qemu-{self.pods}")
+
+    def boot_timeout(self) -> float:
+        return debian.BOOT_TIMEOUT if self.debian else BOOT_TIMEOUT
 
     def user_mode(self, lab: PodLab) -> KvmManager:
         disk = lab.volumes / "user-mode.qcow2"
@@ -82,10 +93,10 @@ def wait_ready(vm: KvmManager) -> None:
     vm.console.wait_for(READY, BOOT_TIMEOUT)
 
 
-def first_answer(ns: Namespace, url: str) -> subprocess.Popen[bytes]:
+def first_answer(ns: Namespace, url: str, timeout: float = BOOT_TIMEOUT) -> subprocess.Popen[bytes]:
     """A poller in `ns` that prints when `url` first answers 200 (see podlab.probe)."""
     poller = ns.popen(
-        [sys.executable, "-m", "podlab.probe", "wait-http", url, str(BOOT_TIMEOUT)],
+        [sys.executable, "-m", "podlab.probe", "wait-http", url, str(timeout)],
         env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -96,8 +107,10 @@ def first_answer(ns: Namespace, url: str) -> subprocess.Popen[bytes]:
     return poller
 
 
-def seconds_until_answer(poller: subprocess.Popen[bytes], started: float) -> float:
-    out, _ = poller.communicate(timeout=BOOT_TIMEOUT + 10)
+def seconds_until_answer(
+    poller: subprocess.Popen[bytes], started: float, timeout: float = BOOT_TIMEOUT
+) -> float:
+    out, _ = poller.communicate(timeout=timeout + 10)
     at = json.loads(out)["at"]
     if at is None:
         raise SystemExit("the VM never answered HTTP")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from podlab.console import marker
-from podlab.lab import HOSTNAME, VM_IP, PodLab
+from podlab.lab import HOSTNAME, PodLab
 from tests.e2e.conftest import boot
 
 
