@@ -1,7 +1,9 @@
 """A small synchronous QMP client: QEMU's machine protocol over its unix socket.
 
-Our own client rather than an asyncio library: a probe that runs every few seconds should
-start fast, and "QEMU has exited" is simply the end of the stream.
+Our own client rather than QEMU's qemu.qmp (asyncio): a probe that runs every few seconds
+should start fast, "QEMU has exited" is simply the end of the stream, and the guest agent
+speaks the same JSON lines with another handshake that qemu.qmp does not know (guestagent.py),
+so one small reader (jsonlines.py) serves both.
 """
 
 from __future__ import annotations
