@@ -45,6 +45,11 @@ def _userdata_is_a_directory(lab: PodLab) -> None:
     (lab.volumes / "userdata").mkdir()
 
 
+def _base_already_cached(lab: PodLab) -> None:
+    """The 64 MiB base in the image cache, as a first pod would have left it."""
+    shutil.copyfile(lab.workdir.parent / "base.qcow2", lab.volumes / "image" / "base.qcow2")
+
+
 def _only_some_programs(*kept: str) -> Callable[[PodLab], None]:
     """A PATH directory holding only `kept`, and `ip` for `ip netns exec` (the case's PATH)."""
 
@@ -157,6 +162,15 @@ CASES = [
     Case("unknown CONFIG_DRIVE_FORMAT", {"CONFIG_DRIVE_FORMAT": "iso"}, "CONFIG_DRIVE_FORMAT="),
     Case("memory in an unknown unit", {"VM_MEMORY": "2T"}, "VM_MEMORY='2T'"),
     Case("host name with bad characters", {"HOSTNAME": "vm_0!"}, "HOSTNAME='vm_0!'"),
+    Case("unknown READINESS", {"READINESS": "ssh"}, "READINESS='ssh'"),
+    Case("READINESS tcp without NAT", {"READINESS": "tcp:22", "NET_MODE": "bridge"}, "no NIC"),
+    Case("VM_DISK_SIZE not a size", {"VM_DISK_SIZE": "big"}, "VM_DISK_SIZE='big'"),
+    Case(
+        "VM_DISK_SIZE below the cached base's",
+        {"VM_DISK_SIZE": "32M"},
+        "expected at least the base image's virtual size, 64.0 MiB",
+        _base_already_cached,
+    ),
     Case("invalid #cloud-config", {}, "invalid #cloud-config YAML", _invalid_cloud_config),
     Case("user-data over 16 MiB", {}, "USERDATA_PATH", _oversized_userdata),
     Case("user-data is a directory", {}, "USERDATA_PATH", _userdata_is_a_directory),
