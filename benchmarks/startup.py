@@ -6,7 +6,8 @@ a StatefulSet would (so its disk, a qcow2 overlay, is made), and shares an image
 already holds the verified base image. In the same pod namespace, interleaved with those runs:
 - `python -c pass`: the interpreter alone;
 - Python importing pyroute2, python-iptables, pycdlib and PyYAML, plainly;
-- the floor: Python importing the same libraries the way kvm-manager does (kvmmgr/libload.py);
+- the floor: Python importing the same libraries the way kvm-manager does
+  (kvmmgr/system/libload.py);
 - the original kvm-manager's setup, in bash (benchmarks/original_setup.sh; in its own fresh pod,
   since it cannot run twice).
 A second `setup` in the same pod is a container restart. Every figure is a median.
@@ -26,15 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import PYTHON, REPO, WORKDIR, median, ms, need_root, ratio, say, table, timed
+from kvmmgr.startup import STEP_NAMES
 from podlab.lab import KVM_MANAGER, PodLab
 
-STEPS = (
-    "observe", "plan", "preflight", "image", "disk", "network", "firewall", "dhcp",
-    "config-drive", "vnc",
-)  # fmt: skip
+STEPS = ("observe", "plan", "preflight", *STEP_NAMES)
 IMPORTS = "import pyroute2, iptc, pycdlib, yaml"
 FLOOR = (
-    "from kvmmgr.libload import load_iproute, load_iptc; load_iproute(); load_iptc(); "
+    "from kvmmgr.system.libload import load_iproute, load_iptc; load_iproute(); load_iptc(); "
     "import pycdlib, yaml"
 )
 PEAK = "; print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"

@@ -111,13 +111,14 @@ def _setup_logging(debug: bool) -> None:
 
 
 def _run(options: argparse.Namespace, extra: list[str]) -> int:
-    from kvmmgr import qemu, startup
+    from kvmmgr import startup
+    from kvmmgr.vm import launch
 
     plan = startup.setup(_settings(), extra)
     log.info("qemu: exec %s", " ".join(plan.qemu.argv))
     sys.stdout.flush()
     sys.stderr.flush()
-    qemu.exec_qemu(plan.qemu)
+    launch.exec_qemu(plan.qemu)
     return EXIT_OK  # not reached: exec_qemu replaces this process or raises
 
 
@@ -138,7 +139,7 @@ def _setup(options: argparse.Namespace, extra: list[str]) -> int:
 
     from kvmmgr import startup
 
-    plan = startup.setup(_settings(), extra, exec_qemu=False)
+    plan = startup.setup(_settings(), extra, detached=True)
     if options.json:
         print(json.dumps(list(plan.qemu.argv)))
     else:
@@ -147,22 +148,23 @@ def _setup(options: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _fetch(options: argparse.Namespace, extra: list[str]) -> int:
-    from kvmmgr import image, pod
-    from kvmmgr.plan import disks_of
+    from kvmmgr import pod
+    from kvmmgr.image import cache
+    from kvmmgr.image.disks import build_disks
 
     settings = _settings()
     hostname = pod.hostname(settings)
-    disks = disks_of(settings, hostname)
-    image.check_available(disks)
-    log.info("image: %s", image.ensure_base(disks, holder=image.holder(hostname)))
+    disks = build_disks(settings.image, hostname)
+    cache.check_available(disks)
+    log.info("image: %s", cache.ensure_base(disks, holder=cache.holder(hostname)))
     return EXIT_OK
 
 
 def _status(options: argparse.Namespace, extra: list[str]) -> int:
     import json
 
-    from kvmmgr import control
     from kvmmgr.config import load_readiness
+    from kvmmgr.vm import control
 
     if options.ready:
         readiness = load_readiness(os.environ)
@@ -185,7 +187,7 @@ def _status(options: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _shutdown(options: argparse.Namespace, extra: list[str]) -> int:
-    from kvmmgr.control import shutdown_vm
+    from kvmmgr.vm.control import shutdown_vm
 
     status, what = shutdown_vm(_run_dir(), options.timeout)
     print(what)
@@ -205,10 +207,9 @@ def _settings() -> Settings:
 def _run_dir() -> Path:
     """status and shutdown need only RUN_DIR (and `status --ready` READINESS): they must work
     whatever else is configured."""
-    run_dir = os.environ.get("RUN_DIR", "").strip() or "/run/kvmmgr"
-    if not run_dir.startswith("/"):
-        raise ConfigError.bad_value("RUN_DIR", run_dir, "an absolute path")
-    return Path(run_dir)
+    from kvmmgr.config import run_dir_of
+
+    return run_dir_of(os.environ)
 
 
 def _describe(plan: Plan) -> str:

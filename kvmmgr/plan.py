@@ -12,18 +12,18 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
-from kvmmgr.cloudconfig import GuestNetwork
 from kvmmgr.config import Settings
-from kvmmgr.configdrive import ConfigDrivePlan, DriveInputs, build_config_drive
-from kvmmgr.dhcp import DhcpPlan, build_dhcp
-from kvmmgr.dhcpguard import GuardedInterface, GuardPlan, build_guard
 from kvmmgr.errors import ConfigError
-from kvmmgr.firewall import FirewallPlan, build_firewall
-from kvmmgr.image import DiskPlan, build_disks
-from kvmmgr.network import NetworkPlan, build_network
-from kvmmgr.nics import MacvtapLink, NicPlan, build_nics
-from kvmmgr.pod import PodFacts
-from kvmmgr.qemu import QemuPlan, build_qemu
+from kvmmgr.facts import PodFacts
+from kvmmgr.guest.drive import ConfigDrivePlan, DriveInputs, build_config_drive
+from kvmmgr.image.disks import DiskPlan, build_disks
+from kvmmgr.image.sources import HttpSource, LocalSource
+from kvmmgr.net.dhcp import DhcpPlan, build_dhcp
+from kvmmgr.net.dhcpguard import GuardedInterface, GuardPlan, build_guard
+from kvmmgr.net.firewall import FirewallPlan, build_firewall
+from kvmmgr.net.model import GuestNetwork
+from kvmmgr.net.nics import NicPlan, Sysctl, build_nics, build_sysctls
+from kvmmgr.vm.qemu import QemuPlan, VmPlan, build_qemu
 
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_CPUS = 1
@@ -32,20 +32,12 @@ MIN_MEMORY_MIB = 64
 
 
 @dataclass(frozen=True)
-class VmPlan:
-    hostname: str
-    memory_mib: int
-    cpus: int
-    accel: Literal["kvm", "tcg"]
-
-
-@dataclass(frozen=True)
 class Plan:
     pod: PodFacts
     vm: VmPlan
     nics: tuple[NicPlan, ...]
+    sysctls: tuple[Sysctl, ...]
     disks: DiskPlan
-    network: NetworkPlan
     firewall: FirewallPlan
     dhcp: DhcpPlan | None
     dhcp_guard: GuardPlan | None  # bridge and macvtap NICs with DHCP on
@@ -63,123 +55,115 @@ class Plan:
 
 
 def make_plan(
-    settings: Settings,
-    pod: PodFacts,
-    inputs: DriveInputs,
-    extra_qemu_args: Sequence[str] = (),
-    *,
-    exec_qemu: bool = True,
+    settings: Settings, pod: PodFacts, inputs: DriveInputs, extra_qemu_args: Sequence[str] = ()
 ) -> Plan:
-    """`exec_qemu` False: this process ends after setup instead of becoming QEMU."""
     notes: list[str] = []
-    nics = build_nics(settings, pod, pod.hostname, notes)
+    nics = build_nics(settings.network, settings.vm, pod, notes)
     vm = VmPlan(
         hostname=pod.hostname,
         memory_mib=_memory(settings, pod, notes),
-        cpus=settings.vm_cpus or pod.limits.cpus or DEFAULT_CPUS,
+        cpus=settings.vm.cpus or pod.limits.cpus or DEFAULT_CPUS,
         accel=_accel(settings, pod, notes),
     )
-    disks = disks_of(settings, pod.hostname)
-    firewall = build_firewall(nics=nics, keep_vnc=settings.vnc, exclude=settings.nat_exclude)
-    dhcp = guard = None
-    if settings.dhcp:
-        dhcp = build_dhcp(
-            run_dir=settings.run_dir,
-            nics=nics,
-            hostname=vm.hostname,
-            dns=pod.dns,
-            verbose=settings.debug,
-            log_to_file=not exec_qemu,
-            extra_args=settings.dnsmasq_opts,
-        )
-        carried, searched = len(dhcp.search), len(pod.dns.search)
-        if carried < searched:
-            notes.append(
-                f"DHCP carries the first {carried} of the pod's {searched} search domains "
-                "(those that are DNS names and fit in option 119); the config drive has all"
-            )
-        shared = [_guarded(nic) for nic in nics if nic.mode != "nat"]
-        guard = build_guard(shared) if shared else None
-    config_drive = None
-    if settings.config_drive_format is not None:
-        guest = GuestNetwork(
-            tuple(nic.guest for nic in nics),
-            pod.dns.nameservers,
-            pod.dns.search,
-            dhcp=settings.dhcp,
-        )
-        config_drive = build_config_drive(
-            drive_format=settings.config_drive_format,
-            iso=settings.run_dir / "config-drive.iso",
-            hostname=pod.hostname,
-            inputs=inputs,
-            network=guest,
-            networkdata_path=settings.drive_inputs.networkdata,
-        )
+    disks = build_disks(settings.image, pod.hostname)
+    dhcp = _dhcp(settings, pod, nics, notes)
+    config_drive = _config_drive(settings, pod, nics, inputs)
     qemu = build_qemu(
-        hostname=vm.hostname,
-        accel=vm.accel,
-        memory_mib=vm.memory_mib,
-        cpus=vm.cpus,
+        vm,
         overlay=disks.overlay,
         config_drive=config_drive.iso if config_drive else None,
         nics=nics,
         vhost=pod.devices.vhost_net,
-        vnc=settings.vnc,
-        vnc_password=settings.vnc_password is not None,
+        vnc=settings.vm.vnc,
+        vnc_password=settings.vm.vnc_password is not None,
         run_dir=settings.run_dir,
         extra_args=extra_qemu_args,
     )
+    network = settings.network
     return Plan(
         pod=pod,
         vm=vm,
         nics=nics,
+        sysctls=build_sysctls(nics),
         disks=disks,
-        network=build_network(nics),
-        firewall=firewall,
+        firewall=build_firewall(nics=nics, keep_vnc=settings.vm.vnc, exclude=network.nat_exclude),
         dhcp=dhcp,
-        dhcp_guard=guard,
+        dhcp_guard=_guard(nics) if dhcp else None,
         config_drive=config_drive,
         qemu=qemu,
         notes=tuple(notes),
     )
 
 
-def _guarded(nic: NicPlan) -> GuardedInterface:
-    if isinstance(nic.link, MacvtapLink):
-        return GuardedInterface(nic.pod.name, (nic.guest.mac, nic.link.server_mac))
-    return GuardedInterface(nic.pod.name)
+def _dhcp(
+    settings: Settings, pod: PodFacts, nics: tuple[NicPlan, ...], notes: list[str]
+) -> DhcpPlan | None:
+    if not settings.network.dhcp:
+        return None
+    dhcp = build_dhcp(
+        run_dir=settings.run_dir,
+        nics=nics,
+        hostname=pod.hostname,
+        dns=pod.dns,
+        verbose=settings.debug,
+        extra_args=settings.network.dnsmasq_opts,
+    )
+    carried, searched = len(dhcp.search), len(pod.dns.search)
+    if carried < searched:
+        notes.append(
+            f"DHCP carries the first {carried} of the pod's {searched} search domains "
+            "(those that are DNS names and fit in option 119); the config drive has all"
+        )
+    return dhcp
 
 
-def disks_of(settings: Settings, hostname: str) -> DiskPlan:
-    return build_disks(
-        source=settings.img_source,
-        image_dir=settings.image_dir,
-        target=settings.img_target,
-        sha256=settings.img_sha256,
-        vm_dir=settings.vm_dir,
-        hostname=hostname,
-        retries=settings.img_retries,
-        ca_bundle=settings.img_ca_bundle,
-        size=settings.vm_disk_size,
+def _guard(nics: tuple[NicPlan, ...]) -> GuardPlan | None:
+    """The NICs on the pod's own link keep DHCP from crossing it."""
+    guarded = []
+    for nic in nics:
+        inside = nic.link.guard_inside(nic)
+        if inside is not None:
+            guarded.append(GuardedInterface(nic.pod.name, inside))
+    return build_guard(guarded) if guarded else None
+
+
+def _config_drive(
+    settings: Settings, pod: PodFacts, nics: tuple[NicPlan, ...], inputs: DriveInputs
+) -> ConfigDrivePlan | None:
+    guest = settings.guest
+    if guest.drive_format is None:
+        return None
+    network = GuestNetwork(
+        tuple(nic.guest for nic in nics),
+        pod.dns.nameservers,
+        pod.dns.search,
+        dhcp=settings.network.dhcp,
+    )
+    return build_config_drive(
+        drive_format=guest.drive_format,
+        iso=settings.run_dir / "config-drive.iso",
+        hostname=pod.hostname,
+        inputs=inputs,
+        network=network,
+        networkdata_path=guest.inputs.networkdata,
     )
 
 
 def _memory(settings: Settings, pod: PodFacts, notes: list[str]) -> int:
-    if settings.vm_memory_mib is not None:
-        limit = pod.limits.memory_mib
-        if limit is not None and settings.vm_memory_mib + QEMU_OVERHEAD_MIB > limit:
+    wanted, limit = settings.vm.memory_mib, pod.limits.memory_mib
+    if wanted is not None:
+        if limit is not None and wanted + QEMU_OVERHEAD_MIB > limit:
             notes.append(
-                f"VM_MEMORY={settings.vm_memory_mib} MiB leaves less than {QEMU_OVERHEAD_MIB} "
+                f"VM_MEMORY={wanted} MiB leaves less than {QEMU_OVERHEAD_MIB} "
                 f"MiB for QEMU under the container's {limit} MiB limit"
             )
-        return settings.vm_memory_mib
-    if pod.limits.memory_mib is None:
+        return wanted
+    if limit is None:
         return DEFAULT_MEMORY_MIB
-    memory = pod.limits.memory_mib - QEMU_OVERHEAD_MIB
+    memory = limit - QEMU_OVERHEAD_MIB
     if memory < MIN_MEMORY_MIB:
         raise ConfigError(
-            f"the container's memory limit of {pod.limits.memory_mib} MiB leaves {memory} MiB "
+            f"the container's memory limit of {limit} MiB leaves {memory} MiB "
             f"for the VM after {QEMU_OVERHEAD_MIB} MiB for QEMU: expected a limit of at least "
             f"{MIN_MEMORY_MIB + QEMU_OVERHEAD_MIB} MiB, or VM_MEMORY"
         )
@@ -187,11 +171,11 @@ def _memory(settings: Settings, pod: PodFacts, notes: list[str]) -> int:
 
 
 def _accel(settings: Settings, pod: PodFacts, notes: list[str]) -> Literal["kvm", "tcg"]:
-    if settings.vm_accel == "tcg":
+    if settings.vm.accel == "tcg":
         return "tcg"
     if pod.devices.kvm:
         return "kvm"
-    if settings.vm_accel == "kvm":
+    if settings.vm.accel == "kvm":
         raise ConfigError.bad_value(
             "VM_ACCEL", "kvm", "auto or tcg: /dev/kvm is missing or the CPU lacks vmx/svm"
         )
@@ -202,8 +186,13 @@ def _accel(settings: Settings, pod: PodFacts, notes: list[str]) -> Literal["kvm"
 def _plain(value: Any) -> Any:
     """The plan as JSON-able data. Contents of files are summarised (size and sha256):
     user-data can hold secrets and the plan is printed."""
+    if isinstance(value, HttpSource | LocalSource):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        data = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, NicPlan):
+            data["mode"] = value.mode  # said by its link's type: shown once, here
+        return data
     if isinstance(value, bytes):
         return {"size": len(value), "sha256": hashlib.sha256(value).hexdigest()}
     if isinstance(value, dict):

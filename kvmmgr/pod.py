@@ -6,10 +6,8 @@ Reads only. Parsers of file contents are separate pure functions so tests can fe
 from __future__ import annotations
 
 import math
-import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -21,100 +19,42 @@ from ipaddress import (
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.config import Attachment, Settings, check_hostname
+from kvmmgr.config import NetworkSettings, Settings
 from kvmmgr.errors import ConfigError
-from kvmmgr.libload import load_iproute
+from kvmmgr.facts import Devices, Limits, PodFacts
+from kvmmgr.net.model import Attachment, PodDns, PodInterface, Route
+from kvmmgr.net.nics import LINK_TYPES
+from kvmmgr.net.podmemory import FILE_NAME as FORGOTTEN
+from kvmmgr.system.devices import opens
+from kvmmgr.system.libload import load_iproute
+from kvmmgr.values import hostname as valid_hostname
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 OUR_PREFIX = "kvm"  # kvmbr0, kvmtap0, kvmvtap1...: links kvm-manager made
-FORGOTTEN = "pod-interfaces.json"  # podmemory.FILE_NAME (which imports this module)
 RTPROT_KERNEL = 2  # routes the kernel adds for an address's own subnet
 UNLIMITED_BYTES = 1 << 60  # cgroup v1 reports "no limit" as a huge page-aligned number
 
 
-@dataclass(frozen=True, order=True)
-class Route:
-    """An IPv4 route through a pod interface; gateway None: on-link (scope link)."""
-
-    destination: IPv4Network
-    gateway: IPv4Address | None
-
-    @property
-    def is_default(self) -> bool:
-        return self.destination.prefixlen == 0
-
-
-@dataclass(frozen=True)
-class PodInterface:
-    name: str
-    index: int
-    addresses: tuple[IPv4Interface, ...]
-    addresses6: tuple[IPv6Interface, ...]  # global scope only
-    mac: str
-    mtu: int
-    routes: tuple[Route, ...]  # through this interface, but the kernel's connected ones
-    gateway6: IPv6Address | None  # the IPv6 default route's, when it goes through here
-    remembered: bool = False  # as found before kvm-manager took it over (podmemory.py)
-
-    @property
-    def gateway(self) -> IPv4Address | None:
-        return next((r.gateway for r in self.routes if r.is_default), None)
-
-
-@dataclass(frozen=True)
-class PodDns:
-    nameservers: tuple[IPv4Address, ...]
-    search: tuple[str, ...]
-    nameservers6: tuple[IPv6Address, ...]  # given to the VM over DHCPv6 only
-
-
-@dataclass(frozen=True)
-class Limits:
-    memory_mib: int | None
-    cpus: int | None
-
-
-@dataclass(frozen=True)
-class Devices:
-    kvm: bool  # /dev/kvm opens and the CPU advertises vmx/svm
-    vhost_net: bool  # /dev/vhost-net opens; QEMU 7.2 crashes when asked for vhost without it
-
-
-@dataclass(frozen=True)
-class PodFacts:
-    hostname: str
-    interfaces: tuple[PodInterface, ...]  # the ones given to the VM, in order
-    networks: tuple[IPv4Network, ...]  # every IPv4 subnet and route of the pod: the VM's avoid them
-    dns: PodDns
-    limits: Limits
-    devices: Devices
-
-    @property
-    def interface(self) -> PodInterface:
-        """The first NIC's pod interface."""
-        return self.interfaces[0]
-
-
 def observe(settings: Settings, remembered: Mapping[str, PodInterface]) -> PodFacts:
     """Everything the plan needs to know about the pod, read from the kernel and files."""
-    interfaces, networks = observe_network(settings, remembered)
+    interfaces, networks = observe_network(settings.network, remembered)
     return PodFacts(
         hostname=hostname(settings),
         interfaces=interfaces,
         networks=networks,
-        dns=parse_resolv_conf(_read_text("RESOLV_CONF", settings.resolv_conf)),
+        dns=parse_resolv_conf(_read_text("RESOLV_CONF", settings.network.resolv_conf)),
         limits=read_limits(),
-        devices=Devices(kvm=kvm_usable(), vhost_net=_opens("/dev/vhost-net")),
+        devices=Devices(kvm=kvm_usable(), vhost_net=opens("/dev/vhost-net") is None),
     )
 
 
 def hostname(settings: Settings) -> str:
     """HOSTNAME (set in every container) names the VM; the kernel's host name otherwise."""
-    return settings.hostname or check_hostname("hostname", socket.gethostname())
+    return settings.vm.hostname or valid_hostname("hostname", socket.gethostname())
 
 
 def observe_network(
-    settings: Settings, remembered: Mapping[str, PodInterface]
+    settings: NetworkSettings, remembered: Mapping[str, PodInterface]
 ) -> tuple[tuple[PodInterface, ...], tuple[IPv4Network, ...]]:
     """The attached interfaces (remembered ones for bridge and macvtap modes, whose identity
     the VM has taken) and every IPv4 network of the pod."""
@@ -131,7 +71,8 @@ def observe_network(
         if name not in current:
             raise ConfigError.bad_value(variable, name, "an existing network interface")
         memory = remembered.get(name)
-        if attachment.mode != "nat" and memory and memory.index == current[name].index:
+        taken = LINK_TYPES[attachment.mode].takes_pod_identity
+        if taken and memory and memory.index == current[name].index:
             interfaces.append(memory)
         elif current[name].addresses:
             interfaces.append(current[name])
@@ -153,7 +94,9 @@ def observe_network(
 
 
 def _every_interface(
-    settings: Settings, current: Mapping[str, PodInterface], remembered: Mapping[str, PodInterface]
+    settings: NetworkSettings,
+    current: Mapping[str, PodInterface],
+    remembered: Mapping[str, PodInterface],
 ) -> tuple[Attachment, ...]:
     """ATTACH_IFACES=all: the pod interface first, then every other with an IPv4 address (or
     one remembered), in name order."""
@@ -165,7 +108,7 @@ def _every_interface(
         and (interface.addresses or name in remembered)
     }
     ordered = sorted(names, key=lambda name: (name != settings.pod_iface, name))
-    return tuple(Attachment(name, settings.net_mode) for name in ordered)
+    return tuple(Attachment(name, settings.mode) for name in ordered)
 
 
 def _read_interfaces(ipr: Any) -> tuple[dict[str, PodInterface], dict[str, int | None]]:
@@ -298,7 +241,7 @@ def _limits_v1(root: Path, paths: dict[str, str]) -> Limits:
 def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), device: str = "/dev/kvm") -> bool:
     """KVM works for a stock guest only with hardware virtualisation: some hosts expose a
     /dev/kvm (e.g. PVM) that opens but cannot run an ordinary kernel."""
-    if not _opens(device):
+    if opens(device) is not None:
         return False
     try:
         text = cpuinfo.read_text()
@@ -309,14 +252,6 @@ def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), device: str = "/dev/kvm") 
             flags = line.partition(":")[2].split()
             return "vmx" in flags or "svm" in flags
     return False
-
-
-def _opens(path: str) -> bool:
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
-    except OSError:
-        return False
-    return True
 
 
 def _read_word(path: Path) -> str | None:
@@ -333,7 +268,3 @@ def _read_text(name: str, path: Path) -> str:
         raise ConfigError(f"{name}={str(path)!r}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{name}={str(path)!r}: cannot read: {exc.strerror}") from None
-
-
-def _address(value: object) -> IPv4Address | None:
-    return IPv4Address(str(value)) if value else None

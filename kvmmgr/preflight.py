@@ -12,7 +12,9 @@ import shutil
 from pathlib import Path
 
 from kvmmgr.errors import PreconditionError
+from kvmmgr.net.nics import MacvtapLink
 from kvmmgr.plan import Plan
+from kvmmgr.system.devices import opens
 
 # Capability bits (linux/capability.h), and what each is needed for.
 CAPABILITIES = {
@@ -43,7 +45,7 @@ def check(
                 f"{proc_net / name}: missing: expected the node to have loaded the {module} "
                 "kernel module (the firewall is legacy iptables; modprobe it on the node)"
             )
-    if any(nic.mode != "macvtap" for nic in plan.nics):
+    if any(not isinstance(nic.link, MacvtapLink) for nic in plan.nics):  # they have taps
         _check_tun()
     programs = [plan.qemu.argv[0], "qemu-img"]
     if plan.dhcp is not None:
@@ -84,13 +86,12 @@ def _check_capabilities(status_file: Path, needed: list[str]) -> None:
 
 
 def _check_tun() -> None:
-    try:
-        os.close(os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC))
-    except OSError as exc:
+    failed = opens(TUN_DEVICE)
+    if failed is not None:
         raise PreconditionError(
-            f"{TUN_DEVICE}: cannot open ({exc.strerror}): expected the TUN/TAP device "
+            f"{TUN_DEVICE}: cannot open ({failed.strerror}): expected the TUN/TAP device "
             "(in Kubernetes: a device-plugin resource or a hostPath device)"
-        ) from None
+        )
 
 
 def _check_writable(directory: Path) -> None:

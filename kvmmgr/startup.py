@@ -1,4 +1,6 @@
-"""The startup path, in order: observe and plan (read-only), then each step that acts."""
+"""The startup path, in order: observe and plan (read-only), then STEPS, each of which acts
+and says what it did. Tests and benchmarks import STEPS; each step's result renders its log
+line."""
 
 from __future__ import annotations
 
@@ -9,25 +11,20 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from kvmmgr import (
-    configdrive,
-    dhcp,
-    dhcpguard,
-    firewall,
-    image,
-    network,
-    pod,
-    podmemory,
-    preflight,
-    qemu,
-)
+from kvmmgr import pod, preflight
 from kvmmgr.config import Settings
-from kvmmgr.dhcpguard import GuardPlan
-from kvmmgr.files import ensure_private_dir
-from kvmmgr.nics import BridgeLink, NatLink, NicPlan
+from kvmmgr.guest import inputs, iso
+from kvmmgr.guest.drive import DriveInputs
+from kvmmgr.image import cache, overlay
+from kvmmgr.net import dnsmasq, iptables, links, nftables, podmemory
+from kvmmgr.net.model import PodInterface
+from kvmmgr.net.nics import NatLink, NicPlan
 from kvmmgr.plan import Plan, make_plan
+from kvmmgr.system.files import ensure_private_dir
+from kvmmgr.vm import launch
 
 log = logging.getLogger("kvmmgr")
 
@@ -37,43 +34,223 @@ log = logging.getLogger("kvmmgr")
 PAUSE_AFTER = "KVMMGR_TEST_PAUSE_AFTER"
 
 
-def prepare(
-    settings: Settings, extra_qemu_args: Sequence[str] = (), *, exec_qemu: bool = True
-) -> Plan:
-    """Steps 1-3: observe the pod, read the inputs, plan. Changes nothing."""
+@dataclass(frozen=True)
+class Context:
+    """What the steps need besides the plan."""
+
+    settings: Settings
+    detached: bool  # this process does not become QEMU afterwards (`setup`)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[Plan, Context], object]  # returns what it did; str() is the log line
+
+
+def prepare(settings: Settings, extra_qemu_args: Sequence[str] = ()) -> Plan:
+    """Observe the pod, read the inputs, plan. Changes nothing."""
     with timed("observe"):
         facts = pod.observe(settings, podmemory.load(settings.run_dir))
     with timed("plan"):
-        inputs = (
-            configdrive.read_inputs(settings.drive_inputs)
-            if settings.config_drive_format is not None
-            else configdrive.DriveInputs(None, None)
+        given = settings.guest
+        drive_inputs = (
+            inputs.read_inputs(given.inputs) if given.drive_format else DriveInputs(None, None)
         )
-        plan = make_plan(settings, facts, inputs, extra_qemu_args, exec_qemu=exec_qemu)
-        image.check_available(plan.disks)
+        plan = make_plan(settings, facts, drive_inputs, extra_qemu_args)
+        cache.check_available(plan.disks)
     return plan
 
 
 def setup(
-    settings: Settings, extra_qemu_args: Sequence[str] = (), *, exec_qemu: bool = True
+    settings: Settings, extra_qemu_args: Sequence[str] = (), *, detached: bool = False
 ) -> Plan:
-    """Steps 1-8: everything but the exec. Every check comes before the first change."""
-    plan = prepare(settings, extra_qemu_args, exec_qemu=exec_qemu)
+    """Everything but the exec. Every check comes before the first change."""
+    plan = prepare(settings, extra_qemu_args)
     with timed("preflight"):
         preflight.check(plan)
     log_plan(plan)
-    apply(plan, settings)
+    apply(plan, Context(settings, detached))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("memory: peak RSS %.1f MiB", peak_rss_mib())
     return plan
 
 
-def peak_rss_mib(status: Path = Path("/proc/self/status")) -> float:
-    """This process's high-water mark of resident memory (VmHWM); 0 when /proc says nothing."""
-    for line in status.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def apply(plan: Plan, context: Context) -> None:
+    """The steps, in order. Each is idempotent: a second run converges to the same state."""
+    ensure_private_dir(context.settings.run_dir)
+    for step in STEPS:
+        with timed(step.name):
+            done = step.run(plan, context)
+        log.info("%s: %s", step.name, done)
+        if os.environ.get(PAUSE_AFTER) == step.name:
+            log.warning("paused after %s (%s is a test hook)", step.name, PAUSE_AFTER)
+            os.kill(os.getpid(), signal.SIGSTOP)  # for the test to kill us right here
+
+
+# --- what each step did, rendered as its log line --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Links:
+    made: tuple[str, ...]  # each NIC's link, described
+    sysctls: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "; ".join((*self.made, ", ".join(self.sysctls)) if self.sysctls else self.made)
+
+
+@dataclass(frozen=True)
+class Rules:
+    rules: int
+    chains: int
+    forwarded: tuple[str, ...]  # pod address -> VM address, per NAT NIC
+    kept: tuple[str, ...]
+
+    def __str__(self) -> str:
+        what = "; ".join(self.forwarded) or "no NAT"
+        kept = ", ".join(self.kept) or "nothing"
+        return (
+            f"{self.rules} rules in {self.chains} chains: {what} (every protocol and port; "
+            f"kept by the container: {kept})"
+        )
+
+
+@dataclass(frozen=True)
+class Guard:
+    interfaces: tuple[str, ...]  # empty: no NIC on the pod's own link, nothing to guard
+
+    def __str__(self) -> str:
+        if not self.interfaces:
+            return "off (no NIC shares the pod's link, or NO_DHCP)"
+        names = ", ".join(self.interfaces)
+        return f"DHCP does not cross {names} (nftables table netdev kvmmgr)"
+
+
+@dataclass(frozen=True)
+class Dhcp:
+    pid: int | None  # None: NO_DHCP
+    leases: tuple[str, ...]
+    dns: tuple[str, ...]
+    search: tuple[str, ...]
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return "off (NO_DHCP)"
+        dns, search = ",".join(self.dns) or "none", ",".join(self.search) or "none"
+        return f"dnsmasq pid {self.pid}: {', '.join(self.leases)}; dns {dns}, search {search}"
+
+
+@dataclass(frozen=True)
+class Drive:
+    iso: Path | None  # None: CONFIG_DRIVE_FORMAT=none
+    label: str = ""
+    files: tuple[str, ...] = ()
+    written: bool = False
+
+    def __str__(self) -> str:
+        if self.iso is None:
+            return "none (CONFIG_DRIVE_FORMAT=none)"
+        unchanged = "" if self.written else ", unchanged"
+        return f"{self.iso} ({self.label}: {', '.join(self.files)}){unchanged}"
+
+
+@dataclass(frozen=True)
+class Vnc:
+    enabled: bool
+    password_file: Path | None
+
+    def __str__(self) -> str:
+        if not self.enabled:
+            return "off (NO_VNC)"
+        secret = self.password_file
+        password = f"password in {secret} (0600)" if secret else "no password"
+        return f"QEMU's display 0 on port 5900 of the pod's IPv4 addresses, {password}"
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+def _image(plan: Plan, context: Context) -> cache.BaseImage:
+    return cache.ensure_base(plan.disks, cache.holder(plan.vm.hostname))
+
+
+def _disk(plan: Plan, context: Context) -> overlay.Disk:
+    return overlay.ensure_overlay(plan.disks)
+
+
+def _network(plan: Plan, context: Context) -> Links:
+    # What the VM is about to take is written down first: a later start cannot observe it.
+    podmemory.remember(context.settings.run_dir, _taken(plan.nics))
+    links.apply_network(plan.nics, plan.sysctls)
+    sysctls = tuple(f"{s.names[-1].replace('/', '.')}={s.value}" for s in plan.sysctls)
+    return Links(tuple(nic.link.describe(nic) for nic in plan.nics), sysctls)
+
+
+def _taken(nics: Sequence[NicPlan]) -> list[PodInterface]:
+    return [nic.pod for nic in nics if nic.link.takes_pod_identity and not nic.pod.remembered]
+
+
+def _firewall(plan: Plan, context: Context) -> Rules:
+    iptables.apply_firewall(plan.firewall)
+    forwarded = []
+    for nic in plan.nics:
+        if isinstance(nic.link, NatLink):
+            pod6, vm6 = nic.link.pod_address6, nic.guest.address6
+            also = f", {pod6.ip} -> {vm6.ip}" if pod6 and vm6 else ""
+            forwarded.append(f"{nic.link.pod_address.ip} -> {nic.guest.address.ip}{also}")
+    chains = plan.firewall.chains
+    return Rules(
+        sum(len(c.rules) for c in chains), len(chains), tuple(forwarded), plan.firewall.kept
+    )
+
+
+def _dhcp_guard(plan: Plan, context: Context) -> Guard:
+    guard = plan.dhcp_guard
+    if guard is None:
+        return Guard(())
+    nftables.apply_guard(guard)
+    return Guard(tuple(iface.name for iface in guard.interfaces))
+
+
+def _dhcp(plan: Plan, context: Context) -> Dhcp:
+    dns = tuple(str(ns) for ns in plan.pod.dns.nameservers)
+    if plan.dhcp is None:
+        return Dhcp(None, (), dns, ())
+    pid = dnsmasq.apply_dhcp(plan.dhcp, detached=context.detached)
+    leases = tuple(
+        f"{nic.guest.mac} -> {nic.guest.address.ip} on {nic.dhcp_link}" for nic in plan.nics
+    )
+    return Dhcp(pid, leases, dns, plan.pod.dns.search)
+
+
+def _config_drive(plan: Plan, context: Context) -> Drive:
+    drive = plan.config_drive
+    if drive is None:
+        return Drive(None)
+    written = iso.write_iso(drive)
+    return Drive(drive.iso, drive.label, tuple(f.path for f in drive.files), written)
+
+
+def _vnc(plan: Plan, context: Context) -> Vnc:
+    launch.write_vnc_password(plan.qemu, context.settings.vm.vnc_password)
+    return Vnc(context.settings.vm.vnc, plan.qemu.vnc_password_file)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("image", _image),
+    Step("disk", _disk),
+    Step("network", _network),
+    Step("firewall", _firewall),
+    Step("dhcp-guard", _dhcp_guard),
+    Step("dhcp", _dhcp),
+    Step("config-drive", _config_drive),
+    Step("vnc", _vnc),
+)
+STEP_NAMES = tuple(step.name for step in STEPS)
+
+
+# --- logging ---------------------------------------------------------------------------------
 
 
 def log_plan(plan: Plan) -> None:
@@ -118,33 +295,6 @@ def _describe_nic(nic: NicPlan) -> str:
     )
 
 
-def apply(plan: Plan, settings: Settings) -> None:
-    """Steps 4-8. Each is idempotent: a second run converges to the same state."""
-    ensure_private_dir(settings.run_dir)
-    _step("image", lambda: image.ensure_base(plan.disks, image.holder(plan.vm.hostname)))
-    _step("disk", lambda: image.ensure_overlay(plan.disks))
-    # What the VM is about to take is written down first: a later start cannot observe it.
-    taken = [nic.pod for nic in plan.nics if nic.mode != "nat" and not nic.pod.remembered]
-    podmemory.remember(settings.run_dir, taken)
-    _step("network", lambda: _network(plan))
-    _step("firewall", lambda: _firewall(plan))
-    guard = plan.dhcp_guard
-    if guard is not None:
-        _step("dhcp-guard", lambda: _guard(guard))
-    _step("dhcp", lambda: _dhcp(plan))
-    _step("config-drive", lambda: _config_drive(plan))
-    _step("vnc", lambda: _vnc(plan, settings))
-
-
-def _step(name: str, action: Callable[[], str]) -> None:
-    with timed(name):
-        what = action()
-    log.info("%s: %s", name, what)
-    if os.environ.get(PAUSE_AFTER) == name:
-        log.warning("paused after %s (%s is a test hook)", name, PAUSE_AFTER)
-        os.kill(os.getpid(), signal.SIGSTOP)  # for the test to kill us right here
-
-
 @contextmanager
 def timed(name: str) -> Iterator[None]:
     """With DEBUG on, `timing: NAME 1.2 ms` (benchmarks/startup.py reads these lines)."""
@@ -153,79 +303,9 @@ def timed(name: str) -> Iterator[None]:
     log.debug("timing: %s %.1f ms", name, (time.perf_counter() - start) * 1000)
 
 
-def _network(plan: Plan) -> str:
-    network.apply_network(plan.network)
-    made = []
-    for nic in plan.nics:
-        link = nic.link
-        if isinstance(link, NatLink):
-            six = f" {link.gateway6}" if link.gateway6 else ""
-            made.append(f"bridge {link.bridge} {link.gateway}{six} with tap {link.tap}")
-        elif isinstance(link, BridgeLink):
-            made.append(
-                f"bridge {link.bridge} {link.server} with {nic.pod.name} and tap {link.tap}"
-            )
-        else:
-            made.append(
-                f"macvtap {link.macvtap} on {nic.pod.name}, {link.server_link} {link.server}"
-            )
-    sysctls = ", ".join(f"{s.names[-1].replace('/', '.')}={s.value}" for s in plan.network.sysctls)
-    return "; ".join(made) + (f"; {sysctls}" if sysctls else "")
-
-
-def _firewall(plan: Plan) -> str:
-    firewall.apply_firewall(plan.firewall)
-    rules = sum(len(chain.rules) for chain in plan.firewall.chains)
-    forwarded = [
-        f"{nic.link.pod_address.ip} -> {nic.guest.address.ip}"
-        + (
-            f", {nic.link.pod_address6.ip} -> {nic.guest.address6.ip}"
-            if nic.guest.address6 and nic.link.pod_address6
-            else ""
-        )
-        for nic in plan.nics
-        if isinstance(nic.link, NatLink)
-    ]
-    kept = ", ".join(plan.firewall.kept) or "nothing"
-    what = "; ".join(forwarded) if forwarded else "no NAT"
-    return (
-        f"{rules} rules in {len(plan.firewall.chains)} chains: {what} (every protocol and port; "
-        f"kept by the container: {kept})"
-    )
-
-
-def _guard(guard: GuardPlan) -> str:
-    dhcpguard.apply_guard(guard)
-    names = ", ".join(iface.name for iface in guard.interfaces)
-    return f"DHCP does not cross {names} (nftables table netdev kvmmgr)"
-
-
-def _dhcp(plan: Plan) -> str:
-    if plan.dhcp is None:
-        return "off (NO_DHCP)"
-    pid = dhcp.apply_dhcp(plan.dhcp)
-    dns = ",".join(str(ns) for ns in plan.pod.dns.nameservers) or "none"
-    leases = ", ".join(
-        f"{nic.guest.mac} -> {nic.guest.address.ip} on {nic.dhcp_link}" for nic in plan.nics
-    )
-    return (
-        f"dnsmasq pid {pid}: {leases}; dns {dns}, search {','.join(plan.pod.dns.search) or 'none'}"
-    )
-
-
-def _vnc(plan: Plan, settings: Settings) -> str:
-    qemu.write_vnc_password(plan.qemu, settings.vnc_password)
-    if not settings.vnc:
-        return "off (NO_VNC)"
-    secret = plan.qemu.vnc_password_file
-    password = f"password in {secret} (0600)" if secret else "no password"
-    return f"QEMU's display 0 on port 5900 of the pod's IPv4 addresses, {password}"
-
-
-def _config_drive(plan: Plan) -> str:
-    drive = plan.config_drive
-    if drive is None:
-        return "none (CONFIG_DRIVE_FORMAT=none)"
-    written = configdrive.write_iso(drive)
-    files = ", ".join(f.path for f in drive.files)
-    return f"{drive.iso} ({drive.label}: {files}){'' if written else ', unchanged'}"
+def peak_rss_mib(status: Path = Path("/proc/self/status")) -> float:
+    """This process's high-water mark of resident memory (VmHWM); 0 when /proc says nothing."""
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

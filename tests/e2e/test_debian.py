@@ -21,6 +21,10 @@ from podlab import debian
 from podlab.lab import NAMESERVERS, SEARCH, VM_GW, VM_IP, KvmManager, PodLab
 from podlab.ssh import KeyPair, Ssh
 
+RESPONDERS_LISTEN = (
+    "for i in $(seq 200); do ss -Hltn sport = :80 | grep -q . && ss -Hlun sport = :7 | "
+    "grep -q . && exit 0; sleep 0.5; done; systemctl status kvmtest-http kvmtest-udpecho; exit 1"
+)
 HOSTNAME = "debian-e2e"  # the metadata's, not the pod's (kvmtest-0)
 CLOUD_CONFIG = """#cloud-config
 write_files:
@@ -57,6 +61,9 @@ class Guest:
         vm = self.lab.start(VM_MEMORY=debian.MEMORY_MIB, **{**self.env, **more})
         self.datasource = vm.console.wait_for(debian.CLOUD_INIT_DONE, debian.BOOT_TIMEOUT)[1]
         self.ssh.wait(120)
+        # cloud-init may finish before the test responders listen: Python starts slowly
+        # under TCG. (`ss` is iproute2's.)
+        self.ssh.run(RESPONDERS_LISTEN, timeout=120)
         return vm
 
     def restart(self, **more: str) -> None:

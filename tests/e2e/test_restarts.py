@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kvmmgr.startup import STEP_NAMES
 from podlab.console import marker
 from podlab.lab import VM_IP, KvmManager, PodLab
 from tests.e2e.conftest import BOOT_TIMEOUT, boot, guest_sh, lease
@@ -26,8 +27,6 @@ from tests.netns.snapshot import (
 )
 
 RESTARTS = 20
-# Every step of the startup path that acts, in order (kvmmgr/startup.py `apply`).
-STEPS = ("image", "disk", "network", "firewall", "dhcp", "config-drive", "vnc")
 
 
 def pod_network(lab: PodLab) -> dict[str, Any]:
@@ -72,7 +71,7 @@ def start_and_kill_after(lab: PodLab, step: str) -> None:
     stopped.kill()
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", STEP_NAMES)
 def test_a_start_killed_after_any_step_is_followed_by_a_working_vm(lab: PodLab, step: str) -> None:
     start_and_kill_after(lab, step)
     vm = boot(lab)

@@ -14,7 +14,8 @@ import pycdlib
 import pytest
 import yaml
 
-from kvmmgr.configdrive import ConfigDrivePlan, write_iso
+from kvmmgr.guest.drive import ConfigDrivePlan
+from kvmmgr.guest.iso import write_iso
 from podlab import cloud_init
 from tests.unit.test_configdrive import NETWORK, NIC, drive
 

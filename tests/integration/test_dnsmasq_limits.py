@@ -9,7 +9,7 @@ import random
 import subprocess
 from pathlib import Path
 
-from kvmmgr.dhcp import SEARCH_OPTION, SEARCH_OPTION_V6, dhcp_search, option119_size
+from kvmmgr.net.dhcp import SEARCH_OPTION, SEARCH_OPTION_V6, dhcp_search, option119_size
 from tests.unit.factories import plan, pod_facts
 
 

@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from kvmmgr import transfer
+from kvmmgr.config import ImageSettings
 from kvmmgr.errors import ConfigError, StepError
-from kvmmgr.image import DiskPlan, build_disks, check_available, ensure_base
+from kvmmgr.image import transfer
+from kvmmgr.image.cache import check_available, ensure_base
+from kvmmgr.image.disks import DiskPlan, build_disks
+from kvmmgr.image.sources import parse_source
 from tests.integration.imageserver import Fault, ImageServer, Resource
 
 MiB = 1 << 20
@@ -50,23 +53,28 @@ def server() -> Iterator[ImageServer]:
 
 
 def plan(
-    cache: Path, source: str, sha256: str | None = None, retries: int = 3, **more: object
+    cache: Path,
+    source: str,
+    sha256: str | None = None,
+    retries: int = 3,
+    ca_bundle: Path | None = None,
 ) -> DiskPlan:
-    return build_disks(
-        source=source,
-        image_dir=cache,
+    image = ImageSettings(
+        source=parse_source(source),
         target="base.img",
         sha256=sha256,
-        vm_dir=cache,
-        hostname="vm-0",
         retries=retries,
-        **more,  # type: ignore[arg-type]
+        ca_bundle=ca_bundle,
+        image_dir=cache,
+        vm_dir=cache,
+        disk_size=None,
     )
+    return build_disks(image, "vm-0")
 
 
 def fetch(disks: DiskPlan) -> str:
     check_available(disks)
-    return ensure_base(disks, "test")
+    return str(ensure_base(disks, "test"))
 
 
 def cache_files(cache: Path) -> set[str]:
@@ -200,7 +208,7 @@ def test_a_slow_download_logs_progress(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr("kvmmgr.progress.INTERVAL", 0.2)
+    monkeypatch.setattr("kvmmgr.image.progress.INTERVAL", 0.2)
     server.delay = 0.02  # 64 KiB pieces: about 3 MiB/s
     with caplog.at_level(logging.INFO, logger="kvmmgr"):
         fetch(plan(tmp_path, server.url("/base.img")))
@@ -341,7 +349,7 @@ def test_without_file_locks_each_pod_keeps_its_own_part(
     def no_locks(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr("kvmmgr.cachelock.fcntl.lockf", no_locks)
+    monkeypatch.setattr("kvmmgr.image.cachelock.fcntl.lockf", no_locks)
     server.faults["/base.img"] = [Fault(cut_after=2 * MiB)]
     with caplog.at_level(logging.WARNING, logger="kvmmgr"), pytest.raises(StepError):
         fetch(plan(tmp_path, server.url("/base.img"), retries=0))

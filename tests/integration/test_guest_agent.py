@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmmgr.guestagent import GuestAgent, guest_info
-from kvmmgr.jsonlines import MAX_LINE, CommandFailed, ProtocolError
+from kvmmgr.guest.agent import GuestAgent, guest_info
+from kvmmgr.vm.jsonlines import MAX_LINE, CommandFailed, ProtocolError
 
 # What a test may never do to the machine it runs on.
 BLOCKED = (

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from kvmmgr.config import ImageSettings
 from kvmmgr.errors import ConfigError, StepError
-from kvmmgr.image import DiskPlan, build_disks, ensure_base, ensure_overlay
+from kvmmgr.image.cache import ensure_base
+from kvmmgr.image.disks import DiskPlan, build_disks
+from kvmmgr.image.overlay import ensure_overlay
+from kvmmgr.image.sources import parse_source
 
 MiB = 1 << 20
 
@@ -25,14 +29,17 @@ def _disks(tmp_path: Path, content: bytes, with_sha: bool = True) -> DiskPlan:
     cache = tmp_path / "cache"
     for old in (cache / "base.img", cache / ".base.img.json"):
         old.unlink(missing_ok=True)
-    disks = build_disks(
-        source=str(source),
-        image_dir=cache,
+    image = ImageSettings(
+        source=parse_source(str(source)),
         target="base.img",
         sha256=hashlib.sha256(content).hexdigest() if with_sha else None,
+        retries=0,
+        ca_bundle=None,
+        image_dir=cache,
         vm_dir=tmp_path / "disks",
-        hostname="vm-0",
+        disk_size=None,
     )
+    disks = build_disks(image, "vm-0")
     ensure_base(disks, "test")
     return disks
 
@@ -47,7 +54,7 @@ def _info(path: Path) -> dict[str, object]:
 
 def test_overlay_records_its_base_and_is_reused_untouched(tmp_path: Path) -> None:
     disks = _disks(tmp_path, random.Random(1).randbytes(MiB))
-    assert ensure_overlay(disks).startswith(f"created {disks.overlay} (qcow2 on raw base")
+    assert str(ensure_overlay(disks)).startswith(f"created {disks.overlay} (qcow2 on raw base")
     info = _info(disks.overlay)
     assert info["backing-filename-format"] == "raw"
     assert info["backing-filename"] == str(disks.base)
@@ -55,7 +62,7 @@ def test_overlay_records_its_base_and_is_reused_untouched(tmp_path: Path) -> Non
     record = json.loads((disks.overlay.parent / ".vm-0.qcow2.json").read_text())
     assert record["size"] == MiB and record["format"] == "raw" and len(record["sha256"]) == 64
     before = (disks.overlay.stat().st_ino, disks.overlay.read_bytes())
-    assert ensure_overlay(disks) == f"reusing {disks.overlay}"
+    assert str(ensure_overlay(disks)) == f"reusing {disks.overlay}"
     assert (disks.overlay.stat().st_ino, disks.overlay.read_bytes()) == before
 
 
@@ -91,7 +98,7 @@ def test_an_overlay_without_a_record_is_reused(tmp_path: Path) -> None:
     disks = _disks(tmp_path, random.Random(1).randbytes(MiB))
     ensure_overlay(disks)
     (disks.overlay.parent / ".vm-0.qcow2.json").unlink()  # as made by an older version
-    assert ensure_overlay(disks) == f"reusing {disks.overlay}"
+    assert str(ensure_overlay(disks)) == f"reusing {disks.overlay}"
 
 
 def test_the_disk_takes_vm_disk_size_grows_when_it_is_raised_and_never_shrinks(
@@ -99,12 +106,12 @@ def test_the_disk_takes_vm_disk_size_grows_when_it_is_raised_and_never_shrinks(
 ) -> None:
     base = _disks(tmp_path, random.Random(2).randbytes(MiB))
     sized = dataclasses.replace(base, size=64 * MiB)
-    assert ensure_overlay(sized).endswith(", 64.0 MiB)")
+    assert str(ensure_overlay(sized)).endswith(", 64.0 MiB)")
     assert _info(sized.overlay)["virtual-size"] == 64 * MiB
     grown = dataclasses.replace(base, size=96 * MiB)
-    assert ensure_overlay(grown) == f"reusing {base.overlay} (grown from 64.0 MiB to 96.0 MiB)"
+    assert str(ensure_overlay(grown)) == f"reusing {base.overlay} (grown from 64.0 MiB to 96.0 MiB)"
     assert _info(base.overlay)["virtual-size"] == 96 * MiB
-    assert ensure_overlay(grown) == f"reusing {base.overlay}"  # converged: nothing to do
+    assert str(ensure_overlay(grown)) == f"reusing {base.overlay}"  # converged: nothing to do
     # What the base held is still there, and the rest reads as zeros.
     flat = tmp_path / "flat.raw"
     subprocess.run(
@@ -113,7 +120,9 @@ def test_the_disk_takes_vm_disk_size_grows_when_it_is_raised_and_never_shrinks(
     )
     head = flat.read_bytes()[: 2 * MiB]
     assert head == random.Random(2).randbytes(MiB) + bytes(MiB)
-    assert ensure_overlay(dataclasses.replace(base, size=32 * MiB)) == f"reusing {base.overlay}"
+    assert (
+        str(ensure_overlay(dataclasses.replace(base, size=32 * MiB))) == f"reusing {base.overlay}"
+    )
     assert "a disk never shrinks" in caplog.text
     assert _info(base.overlay)["virtual-size"] == 96 * MiB
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.firewall import Chain, Family, FirewallPlan
+from kvmmgr.net.firewall import Chain, Family, FirewallPlan
 from podlab.lab import PodLab
 from podlab.netns import Namespace
 

@@ -8,9 +8,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from kvmmgr.config import Settings, load_settings
-from kvmmgr.configdrive import DriveInputs
+from kvmmgr.facts import Devices, Limits, PodFacts
+from kvmmgr.guest.drive import DriveInputs
+from kvmmgr.net.model import PodDns, PodInterface, Route
 from kvmmgr.plan import Plan, make_plan
-from kvmmgr.pod import Devices, Limits, PodDns, PodFacts, PodInterface, Route
 
 BASE_ENV: Mapping[str, str] = {
     "IMG_SOURCE": "http://images.example/base.qcow2",

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.cachelock import CacheLock
+from kvmmgr.image.cachelock import CacheLock
 
 
 def test_the_holder_removes_the_lock_file(tmp_path: Path) -> None:

@@ -7,34 +7,38 @@ from pathlib import Path
 
 import pytest
 
-from kvmmgr.config import InputPaths, PortSpec, Readiness, load_settings
+from kvmmgr.config import InputPaths, Readiness, load_settings
 from kvmmgr.errors import EXIT_CONFIG, ConfigError
+from kvmmgr.net.model import PortSpec
 from tests.unit.factories import BASE_ENV, settings
 
 
 def test_defaults_follow_the_contract() -> None:
     s = load_settings({"IMG_SOURCE": "https://images.example/dir/focal.qcow2?sig=1"})
-    assert s.img_target == "focal.qcow2"
-    assert s.image_dir == Path("/image")
-    assert s.vm_dir == Path("/image")
+    assert s.image.target == "focal.qcow2"
+    assert s.image.image_dir == Path("/image")
+    assert s.image.vm_dir == Path("/image")
     assert s.run_dir == Path("/run/kvmmgr")
-    assert (s.vm_ip, s.vm_gw) == (IPv4Address("192.168.254.2"), IPv4Address("192.168.254.1"))
-    assert s.vm_mac is None
-    assert (s.vm_memory_mib, s.vm_cpus) == (None, None)
-    assert s.vm_accel == "auto"
-    assert s.pod_iface == "eth0"
-    assert s.resolv_conf == Path("/etc/resolv.conf")
-    assert s.drive_inputs == InputPaths(
+    assert (s.network.vm_ip, s.network.vm_gw) == (
+        IPv4Address("192.168.254.2"),
+        IPv4Address("192.168.254.1"),
+    )
+    assert s.vm.mac is None
+    assert (s.vm.memory_mib, s.vm.cpus) == (None, None)
+    assert s.vm.accel == "auto"
+    assert s.network.pod_iface == "eth0"
+    assert s.network.resolv_conf == Path("/etc/resolv.conf")
+    assert s.guest.inputs == InputPaths(
         Path("/userdata"), Path("/metadata"), Path("/networkdata"), Path("/vendordata")
     )
-    assert s.config_drive_format == "configdrive"
-    assert s.vnc and s.vnc_password is None and s.dhcp and not s.debug
-    assert s.nat_exclude == () and s.dnsmasq_opts == ()
+    assert s.guest.drive_format == "configdrive"
+    assert s.vm.vnc and s.vm.vnc_password is None and s.network.dhcp and not s.debug
+    assert s.network.nat_exclude == () and s.network.dnsmasq_opts == ()
 
 
 def test_vm_dir_defaults_to_image_dir() -> None:
-    assert settings(IMAGE_DIR="/cache/").vm_dir == Path("/cache")
-    assert settings(IMAGE_DIR="/cache", VM_DIR="/disks").vm_dir == Path("/disks")
+    assert settings(IMAGE_DIR="/cache/").image.vm_dir == Path("/cache")
+    assert settings(IMAGE_DIR="/cache", VM_DIR="/disks").image.vm_dir == Path("/disks")
 
 
 @pytest.mark.parametrize(
@@ -46,12 +50,12 @@ def test_vm_dir_defaults_to_image_dir() -> None:
     ],
 )
 def test_img_target_is_the_source_basename(source: str, target: str) -> None:
-    assert settings(IMG_SOURCE=source).img_target == target
+    assert settings(IMG_SOURCE=source).image.target == target
 
 
 def test_image_source_may_be_omitted_when_a_target_is_named() -> None:
     s = load_settings({"IMG_TARGET": "base.qcow2"})
-    assert s.img_source is None and s.img_target == "base.qcow2"
+    assert s.image.source is None and s.image.target == "base.qcow2"
 
 
 @pytest.mark.parametrize(
@@ -63,57 +67,57 @@ def test_image_source_may_be_omitted_when_a_target_is_named() -> None:
     ],
 )
 def test_img_target_drops_a_compression_suffix(source: str, target: str) -> None:
-    assert settings(IMG_SOURCE=source).img_target == target
+    assert settings(IMG_SOURCE=source).image.target == target
 
 
 def test_image_download_settings() -> None:
     s = settings(IMG_RETRIES="0", IMG_CA_BUNDLE="/etc/ssl/private-ca.pem")
-    assert (s.img_retries, s.img_ca_bundle) == (0, Path("/etc/ssl/private-ca.pem"))
-    assert (settings().img_retries, settings().img_ca_bundle) == (5, None)
+    assert (s.image.retries, s.image.ca_bundle) == (0, Path("/etc/ssl/private-ca.pem"))
+    assert (settings().image.retries, settings().image.ca_bundle) == (5, None)
 
 
 @pytest.mark.parametrize("word", ["1", "true", "YES", " True "])
 def test_booleans_true(word: str) -> None:
     s = settings(NO_VNC=word, NO_DHCP=word, DEBUG=word)
-    assert not s.vnc and not s.dhcp and s.debug
+    assert not s.vm.vnc and not s.network.dhcp and s.debug
 
 
 @pytest.mark.parametrize("word", ["0", "false", "No", ""])
 def test_booleans_false(word: str) -> None:
     s = settings(NO_VNC=word, NO_DHCP=word, DEBUG=word)
-    assert s.vnc and s.dhcp and not s.debug
+    assert s.vm.vnc and s.network.dhcp and not s.debug
 
 
 def test_nat_exclude_items_ranges_and_duplicates() -> None:
     s = settings(NAT_EXCLUDE="tcp/9100 udp/5353,TCP/8000-8010  tcp/9100")
-    assert s.nat_exclude == (
+    assert s.network.nat_exclude == (
         PortSpec("tcp", 9100, 9100),
         PortSpec("udp", 5353, 5353),
         PortSpec("tcp", 8000, 8010),
     )
-    assert [str(p) for p in s.nat_exclude] == ["tcp/9100", "udp/5353", "tcp/8000-8010"]
+    assert [str(p) for p in s.network.nat_exclude] == ["tcp/9100", "udp/5353", "tcp/8000-8010"]
 
 
 @pytest.mark.parametrize(
     ("raw", "mib"), [("2048", 2048), ("512M", 512), ("512MiB", 512), ("2G", 2048), ("3Gi", 3072)]
 )
 def test_memory_units(raw: str, mib: int) -> None:
-    assert settings(VM_MEMORY=raw).vm_memory_mib == mib
+    assert settings(VM_MEMORY=raw).vm.memory_mib == mib
 
 
 def test_mac_is_normalised() -> None:
-    assert settings(VM_MAC="52-54-00-AB-CD-EF").vm_mac == "52:54:00:ab:cd:ef"
+    assert settings(VM_MAC="52-54-00-AB-CD-EF").vm.mac == "52:54:00:ab:cd:ef"
 
 
 def test_dnsmasq_opts_are_shell_words() -> None:
     s = settings(DNSMASQ_OPTS="--log-dhcp --dhcp-option='option:ntp-server,10.0.0.5'")
-    assert s.dnsmasq_opts == ("--log-dhcp", "--dhcp-option=option:ntp-server,10.0.0.5")
+    assert s.network.dnsmasq_opts == ("--log-dhcp", "--dhcp-option=option:ntp-server,10.0.0.5")
 
 
 def test_vnc_password_is_dropped_with_no_vnc_and_never_shown() -> None:
-    assert settings(NO_VNC="1", VNC_PASSWORD="secret").vnc_password is None
+    assert settings(NO_VNC="1", VNC_PASSWORD="secret").vm.vnc_password is None
     s = settings(VNC_PASSWORD="s3cret")
-    assert s.vnc_password == "s3cret"
+    assert s.vm.vnc_password == "s3cret"
     assert "s3cret" not in repr(s)
 
 
@@ -209,16 +213,18 @@ def test_bad_value_names_variable_value_and_expectation(
      ("1T", 1 << 40), ("4096K", 4 << 20), ("1000000", 1 << 20), ("", None)],
 )  # fmt: skip
 def test_disk_size_units_rounded_up_to_whole_mib(raw: str, size: int | None) -> None:
-    assert settings(VM_DISK_SIZE=raw).vm_disk_size == size
+    assert settings(VM_DISK_SIZE=raw).image.disk_size == size
 
 
 def test_readiness() -> None:
-    assert settings().readiness == Readiness("qemu")
-    assert settings(READINESS="Agent").readiness == Readiness("agent")
-    tcp = settings(READINESS="tcp:22", VM_IP="10.99.0.2", VM_GW="10.99.0.1").readiness
+    assert settings().vm.readiness == Readiness("qemu")
+    assert settings(READINESS="Agent").vm.readiness == Readiness("agent")
+    tcp = settings(READINESS="tcp:22", VM_IP="10.99.0.2", VM_GW="10.99.0.1").vm.readiness
     assert tcp == Readiness("tcp", 22, IPv4Address("10.99.0.2")) and str(tcp) == "tcp:22"
     # tcp:PORT connects to VM_IP: a NIC in nat mode must have it.
-    assert settings(READINESS="tcp:22", ATTACH_IFACES="eth0:bridge net1:nat").readiness.port == 22
+    assert (
+        settings(READINESS="tcp:22", ATTACH_IFACES="eth0:bridge net1:nat").vm.readiness.port == 22
+    )
     with pytest.raises(ConfigError, match=r"READINESS='tcp:22': expected qemu or agent when no"):
         settings(READINESS="tcp:22", NET_MODE="bridge")
 

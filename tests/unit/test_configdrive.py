@@ -18,19 +18,13 @@ import pycdlib
 import pytest
 import yaml
 
-from kvmmgr.cloudconfig import GuestNetwork, GuestNic
-from kvmmgr.config import DriveFormat, InputPaths
-from kvmmgr.configdrive import (
-    MAX_INPUT,
-    ConfigDrivePlan,
-    DriveInputs,
-    build_config_drive,
-    read_inputs,
-    render_iso,
-    write_iso,
-)
+from kvmmgr.config import InputPaths
 from kvmmgr.errors import ConfigError
-from kvmmgr.pod import Route
+from kvmmgr.guest.drive import ConfigDrivePlan, DriveInputs, build_config_drive
+from kvmmgr.guest.formats import DriveFormat
+from kvmmgr.guest.inputs import MAX_INPUT, read_inputs
+from kvmmgr.guest.iso import render_iso, write_iso
+from kvmmgr.net.model import GuestNetwork, GuestNic, Route
 
 USERDATA = b"#!/bin/sh\necho 'hello \xc3\xa9'\r\nexit 0\n\x00binary-tail"
 NIC = GuestNic(
@@ -166,9 +160,10 @@ def test_with_dhcp_the_guest_is_told_to_ask_for_its_address(tmp_path: Path) -> N
     config2 = json.loads(
         files(drive(tmp_path, network=served))["openstack/latest/network_data.json"]
     )
-    assert config2["networks"] == [
-        {"id": "pod0-ipv4", "link": "pod0", "network_id": "kvm-manager", "type": "ipv4_dhcp"}
-    ]
+    (network,) = config2["networks"]
+    assert (network["type"], network["link"]) == ("ipv4_dhcp", "pod0")
+    assert "ip_address" not in network and "routes" not in network
+    assert network["dns_search"] == ["default.svc.cluster.local", "svc.cluster.local"]
     assert config2["links"][0]["mtu"] == 1450 and len(config2["services"]) == 2
     v2 = yaml.safe_load(files(drive(tmp_path, "nocloud", network=served))["network-config"])
     eth0 = v2["ethernets"]["eth0"]

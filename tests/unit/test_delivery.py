@@ -7,10 +7,16 @@ import email.utils
 
 import pytest
 
-from kvmmgr import unpack
-from kvmmgr.diskformat import looks_like_text
-from kvmmgr.progress import Progress, describe, duration, size
-from kvmmgr.transfer import BACKOFF_CAP, RETRY_AFTER_CAP, _content_range, backoff, parse_retry_after
+from kvmmgr.image import unpack
+from kvmmgr.image.diskformat import looks_like_text
+from kvmmgr.image.progress import Progress, describe, duration, size
+from kvmmgr.image.transfer import (
+    BACKOFF_CAP,
+    RETRY_AFTER_CAP,
+    _content_range,
+    backoff,
+    parse_retry_after,
+)
 
 
 def test_backoff_doubles_with_jitter_up_to_a_cap() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface
 from pathlib import Path
 
-from kvmmgr.dhcp import DhcpPlan
-from kvmmgr.dhcpguard import GuardedInterface, build_guard
-from kvmmgr.nics import MacvtapLink
-from kvmmgr.pod import PodDns, Route
+from kvmmgr.net.dhcp import DhcpPlan
+from kvmmgr.net.dhcpguard import GuardedInterface, build_guard
+from kvmmgr.net.model import PodDns, Route
+from kvmmgr.net.nics import MacvtapLink
 from tests.unit.factories import interface, plan, pod_facts
 from tests.unit.test_nics import SECONDARY
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv6Address, IPv6Interface
 
-from kvmmgr.firewall import FirewallPlan
+from kvmmgr.net.firewall import FirewallPlan
 from tests.unit.factories import interface, plan, pod_facts
 from tests.unit.test_nics import SECONDARY
 

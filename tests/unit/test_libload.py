@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kvmmgr.errors import PreconditionError
-from kvmmgr.firewall import _ip6_tables_in_use
-from kvmmgr.libload import find_versioned
+from kvmmgr.net.iptables import _ip6_tables_in_use
 from kvmmgr.preflight import check
+from kvmmgr.system.libload import find_versioned
 from tests.unit.factories import plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def run_fresh(code: str) -> dict[str, list[str]]:
 
 def test_pyroute2_gives_iproute_alone_and_its_package_later() -> None:
     seen = run_fresh(
-        "from kvmmgr.libload import load_iproute\n"
+        "from kvmmgr.system.libload import load_iproute\n"
         "IPRoute, NetlinkError = load_iproute()\n"
         "assert 'pyroute2.ndb.main' not in sys.modules and 'pyroute2.ipdb' not in sys.modules\n"
         "import pyroute2, pyroute2.iproute\n"
@@ -55,7 +55,7 @@ def test_pyroute2_gives_iproute_alone_and_its_package_later() -> None:
 
 def test_python_iptables_imports_without_starting_any_process() -> None:
     seen = run_fresh(
-        "from kvmmgr.libload import load_iptc\n"
+        "from kvmmgr.system.libload import load_iptc\n"
         "iptc = load_iptc()\n"
         "assert iptc.util.load_kernel.__name__ == '_no_modprobe'\n"
         "assert iptc.Rule().create_target('ACCEPT') is not None\n"  # an extension loads

@@ -8,8 +8,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 import pytest
 
 from kvmmgr.errors import ConfigError
-from kvmmgr.nics import BridgeLink, MacvtapLink, NatLink, NicPlan, derive_mac
-from kvmmgr.pod import Route
+from kvmmgr.net.model import Route, derive_mac
+from kvmmgr.net.nics import BridgeLink, MacvtapLink, NatLink, NicPlan
 from tests.unit.factories import interface, plan, pod_facts
 
 CALICO_GATEWAY = IPv4Address("169.254.1.1")
@@ -75,7 +75,7 @@ def test_bridge_nic_takes_the_pod_identity() -> None:
     assert nic.guest.routes == ()  # the router alone does: no option 121
     assert isinstance(nic.link, BridgeLink)
     assert nic.link.server == IPv4Interface("169.254.75.10/32")
-    assert (nic.dhcp_link, nic.dhcp_server) == ("kvmbr0", IPv4Address("169.254.75.10"))
+    assert (nic.dhcp_link, nic.link.server) == ("kvmbr0", IPv4Interface("169.254.75.10/32"))
 
 
 def test_routed_cni_address_gets_classless_routes() -> None:

@@ -39,7 +39,7 @@ def shell_calls(source: str, filename: str = "<source>") -> list[str]:
 
 
 def test_no_call_goes_through_a_shell() -> None:
-    sources = sorted(PACKAGE.glob("*.py"))
+    sources = sorted(PACKAGE.rglob("*.py"))
     assert len(sources) > 20
     assert [hit for path in sources for hit in shell_calls(path.read_text(), str(path))] == []
 

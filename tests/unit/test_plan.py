@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from kvmmgr.errors import ConfigError
-from kvmmgr.nics import derive_mac
+from kvmmgr.facts import Devices, Limits
+from kvmmgr.net.model import derive_mac
 from kvmmgr.plan import QEMU_OVERHEAD_MIB
-from kvmmgr.pod import Devices, Limits
 from tests.unit.factories import plan, pod_facts
 
 
@@ -40,7 +40,7 @@ def test_plan_json_is_deterministic_and_complete() -> None:
 
 
 def test_plan_json_does_not_print_user_data() -> None:
-    from kvmmgr.configdrive import DriveInputs
+    from kvmmgr.guest.drive import DriveInputs
 
     text = plan(inputs=DriveInputs(b"#cloud-config\npassword: hunter2\n", None)).to_json()
     assert "hunter2" not in text

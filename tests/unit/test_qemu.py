@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvmmgr.pod import Devices
-from kvmmgr.qemu import QemuPlan, write_vnc_password
+from kvmmgr.facts import Devices
+from kvmmgr.vm.launch import write_vnc_password
+from kvmmgr.vm.qemu import QemuPlan
 from tests.unit.factories import plan, pod_facts
 
 
@@ -75,7 +76,7 @@ def test_no_vnc() -> None:
 
 
 def test_a_config_drive_even_without_inputs_unless_turned_off() -> None:
-    from kvmmgr.configdrive import DriveInputs
+    from kvmmgr.guest.drive import DriveInputs
 
     # Without user-data or metadata the drive still tells the guest its network.
     argv = plan(inputs=DriveInputs(None, None)).qemu.argv

@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from kvmmgr.config import Readiness
 from kvmmgr.errors import EXIT_FORCED, EXIT_NOT_RUNNING, EXIT_OK
-from kvmmgr.guestagent import AGENT_CHARDEV, AGENT_SOCKET, GuestAgent, GuestInfo, guest_info
-from kvmmgr.jsonlines import CommandFailed, ProtocolError
-from kvmmgr.qmp import QMP_SOCKET, Qmp
+from kvmmgr.guest.agent import GuestAgent, GuestInfo, guest_info
+from kvmmgr.vm.jsonlines import CommandFailed, ProtocolError
+from kvmmgr.vm.qemu import AGENT_CHARDEV, AGENT_SOCKET, QMP_SOCKET
+from kvmmgr.vm.qmp import Qmp
 
 AgentState = Literal["absent", "silent", "answers"]
 TCP_TIMEOUT = 2.0

@@ -14,8 +14,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.files import write_atomic
-from kvmmgr.pod import PodInterface, Route
+from kvmmgr.net.model import PodInterface, Route
+from kvmmgr.system.files import write_atomic
 
 FILE_NAME = "pod-interfaces.json"
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kvmmgr.progress import duration
+from kvmmgr.image.progress import duration
 
 log = logging.getLogger("kvmmgr")
 

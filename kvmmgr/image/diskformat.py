@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmmgr import proc
 from kvmmgr.errors import StepError
+from kvmmgr.system import proc
 
 SNIFF_BYTES = 4096
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.jsonlines import JsonLines, ProtocolError, answer
-
-QMP_SOCKET = "qmp.sock"  # in RUN_DIR
+from kvmmgr.vm.jsonlines import JsonLines, ProtocolError, answer
 
 
 class Qmp(JsonLines):

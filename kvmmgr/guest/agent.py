@@ -12,11 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.jsonlines import CommandFailed, JsonLines, ProtocolError, answer
+from kvmmgr.vm.jsonlines import CommandFailed, JsonLines, ProtocolError, answer
 
-AGENT_CHANNEL = "org.qemu.guest_agent.0"  # the port name the guest's agent looks for
-AGENT_CHARDEV = "qga0"
-AGENT_SOCKET = "qga.sock"  # in RUN_DIR
 SYNC_MARK = b"\xff"  # the agent flushes its parser on it and prefixes its sync answer with it
 MAX_TEXT = 256
 MAX_ITEMS = 64

@@ -12,9 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvmmgr import proc
-from kvmmgr.errors import StepError
-
 TABLE = "kvmmgr"
 
 
@@ -51,10 +48,3 @@ def build_guard(interfaces: Sequence[GuardedInterface]) -> GuardPlan:
         f"table netdev {TABLE} {{\n" + "\n".join(chains) + "\n}\n"
     )
     return GuardPlan(tuple(interfaces), ruleset)
-
-
-def apply_guard(plan: GuardPlan) -> None:
-    try:
-        proc.run(["nft", "-f", "-"], stdin=plan.ruleset)
-    except StepError as exc:
-        raise StepError(f"could not keep DHCP inside the pod with nftables: {exc}") from exc

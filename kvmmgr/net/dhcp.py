@@ -1,23 +1,20 @@
-"""dnsmasq as the VM's DHCP server, for every NIC: its configuration (pure) and its process."""
+"""dnsmasq as the VM's DHCP server, for every NIC: its configuration, as data. Pure;
+dnsmasq.py runs it."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmmgr import proc
-from kvmmgr.errors import StepError
-from kvmmgr.files import write_atomic
-from kvmmgr.nics import NatLink, NicPlan
-from kvmmgr.pod import PodDns
-
-log = logging.getLogger(__name__)
+from kvmmgr.net.model import PodDns
+from kvmmgr.net.nics import NatLink, NicPlan
 
 DNSMASQ_LINE_MAX = 1024  # characters in a line of dnsmasq.conf, found by trying dnsmasq 2.90
 DHCP_OPTION_MAX = 255  # bytes in one DHCPv4 option; dnsmasq sends no RFC 3396 long options
+# stderr is the container's log; dnsmasq keeps a copy of it after it forks
+LOG_TO_STDERR = "log-facility=-"
 SEARCH_OPTION = "dhcp-option=option:domain-search,"
 SEARCH_OPTION_V6 = "dhcp-option=tag:nic99v6,option6:domain-search,"  # the longest tag we write
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -40,11 +37,8 @@ def build_dhcp(
     hostname: str,
     dns: PodDns,
     verbose: bool,
-    log_to_file: bool,
     extra_args: tuple[str, ...],
 ) -> DhcpPlan:
-    """`log_to_file`: when QEMU does not take over this process (`setup`), dnsmasq must not
-    keep the caller's stderr open: it logs to RUN_DIR/dnsmasq.log instead."""
     config_file = run_dir / "dnsmasq.conf"
     pid_file = run_dir / "dnsmasq.pid"
     lease_file = run_dir / "dnsmasq.leases"
@@ -73,8 +67,7 @@ def build_dhcp(
     lines += [
         f"dhcp-leasefile={lease_file}",
         f"pid-file={pid_file}",
-        # stderr is the container log; dnsmasq then keeps a copy of it after it forks
-        f"log-facility={run_dir / 'dnsmasq.log' if log_to_file else '-'}",
+        LOG_TO_STDERR,
     ]
     if verbose:
         lines.append("log-dhcp")
@@ -85,7 +78,7 @@ def build_dhcp(
 def _nic_lines(nic: NicPlan, hostname: str, dns: PodDns, search: tuple[str, ...]) -> list[str]:
     guest, tag = nic.guest, f"nic{nic.index}"
     lines = [f"interface={nic.dhcp_link}"]
-    if not isinstance(nic.link, NatLink):
+    if nic.link.takes_pod_identity:
         # The server has only a link-local address there: the VM's subnet is declared shared.
         lines.append(f"shared-network={nic.dhcp_link},{guest.address.ip}")
     lines.append(f"dhcp-range=set:{tag},{guest.address.ip},static,{guest.address.netmask},infinite")
@@ -169,30 +162,3 @@ def _c_string(data: bytearray, at: int) -> bytes:
     """What C's strcmp compares: the bytes up to the next zero byte."""
     end = data.find(0, at)
     return bytes(data[at : end if end >= 0 else len(data)])
-
-
-def apply_dhcp(plan: DhcpPlan) -> int:
-    """Replace any dnsmasq an earlier start left behind with one running this plan; its PID."""
-    stop_dhcp(plan)
-    write_atomic(plan.config_file, "".join(f"{line}\n" for line in plan.config).encode())
-    # dnsmasq forks once it is bound, its parent reporting startup errors by exit status;
-    # the daemon keeps logging to our stderr, the container's log.
-    proc.run(plan.argv, timeout=30, share_stderr=True)
-    # By then it has made its pid, lease and log files, 0644 whatever our umask (it sets its
-    # own): owner-only, like everything in RUN_DIR. It rewrites them in place, modes kept.
-    for made in plan.config_file.parent.glob("dnsmasq.*"):
-        made.chmod(0o600)
-    try:
-        return int(plan.pid_file.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise StepError(f"dnsmasq started but {plan.pid_file} is unreadable: {exc}") from exc
-
-
-def stop_dhcp(plan: DhcpPlan) -> None:
-    """Stop every dnsmasq serving our configuration file. They are found through /proc rather
-    than the PID file, which a crash may have left stale or never written."""
-    pids = proc.pids_with_argument("dnsmasq", f"--conf-file={plan.config_file}")
-    if pids:
-        log.debug("stopping dnsmasq left by an earlier start: %s", pids)
-        proc.terminate(pids)
-    plan.pid_file.unlink(missing_ok=True)

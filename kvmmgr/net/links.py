@@ -1,4 +1,4 @@
-"""The VM's side of the pod network, one NIC at a time (nics.py says what each one is).
+"""The VM's side of the pod network made real, one NIC at a time (nics.py plans each one).
 
 Ensure-style: objects that exist with the right kind are reused and corrected, objects of the
 wrong kind under our names are an error (never silently replaced), missing ones are created.
@@ -9,71 +9,37 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from kvmmgr.errors import StepError
-from kvmmgr.libload import load_iproute
-from kvmmgr.nics import BridgeLink, MacvtapLink, NatLink, NicPlan
+from kvmmgr.net.model import local_mac
+from kvmmgr.net.nics import BridgeLink, MacvtapLink, NatLink, NicPlan, Sysctl
+from kvmmgr.system.libload import load_iproute
 
 TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE of a tap (layer 2) device, as opposed to tun (1)
 IFA_F_NODAD = 0x02
 
 
-@dataclass(frozen=True)
-class Sysctl:
-    """`value` in the first of `names` (under /proc/sys), unless one of them has it already:
-    an unprivileged container cannot write /proc/sys, but the pod's securityContext.sysctls
-    can set the `all` variant before kvm-manager starts."""
-
-    names: tuple[str, ...]
-    value: str
-
-
-@dataclass(frozen=True)
-class NetworkPlan:
-    nics: tuple[NicPlan, ...]
-    sysctls: tuple[Sysctl, ...]
-
-
-def build_network(nics: tuple[NicPlan, ...]) -> NetworkPlan:
-    sysctls = []
-    nat = [nic.link for nic in nics if isinstance(nic.link, NatLink)]
-    if nat:
-        sysctls.append(Sysctl(("net/ipv4/ip_forward",), "1"))
-        # Lets the OUTPUT DNAT send 127.0.0.1-sourced packets (kubectl port-forward) to the
-        # first NAT NIC; the firewall then drops what the VM sends to 127.0.0.0/8. The kernel
-        # honours the bridge's own setting or the `all` one.
-        sysctls.append(
-            Sysctl(
-                (
-                    f"net/ipv4/conf/{nat[0].bridge}/route_localnet",
-                    "net/ipv4/conf/all/route_localnet",
-                ),
-                "1",
-            )
-        )
-        if any(link.gateway6 for link in nat):
-            sysctls.append(Sysctl(("net/ipv6/conf/all/forwarding",), "1"))
-    return NetworkPlan(nics, tuple(sysctls))
-
-
-def apply_network(plan: NetworkPlan) -> None:
+def apply_network(nics: Sequence[NicPlan], sysctls: Sequence[Sysctl]) -> None:
     IPRoute, NetlinkError = load_iproute()
     try:
         with IPRoute() as ipr:
-            for nic in plan.nics:
-                if isinstance(nic.link, NatLink):
-                    _nat(ipr, nic, nic.link)
-                elif isinstance(nic.link, BridgeLink):
-                    _bridge(ipr, nic, nic.link)
-                else:
-                    _macvtap(ipr, nic, nic.link)
+            for nic in nics:
+                match nic.link:
+                    case NatLink() as link:
+                        _nat(ipr, nic, link)
+                    case BridgeLink() as link:
+                        _bridge(ipr, nic, link)
+                    case MacvtapLink() as link:
+                        _macvtap(ipr, nic, link)
+                    case unknown:
+                        assert_never(unknown)
     except NetlinkError as exc:
         raise StepError(f"network setup failed: {exc.args[-1]} (errno {exc.code})") from exc
-    for sysctl in plan.sysctls:
+    for sysctl in sysctls:
         _ensure_sysctl(sysctl)
 
 
@@ -126,9 +92,7 @@ def _take_identity(ipr: Any, nic: NicPlan) -> int:
 
 
 def random_mac() -> str:
-    octets = bytearray(os.urandom(6))
-    octets[0] = (octets[0] & 0xFC) | 0x02  # locally administered, unicast
-    return ":".join(f"{octet:02x}" for octet in octets)
+    return local_mac(os.urandom(6))
 
 
 def _ensure_bridge_with_tap(ipr: Any, bridge_name: str, tap_name: str, mtu: int) -> int:
@@ -179,10 +143,7 @@ def _ensure_only_address(ipr: Any, index: int, name: str, wanted: IPv4Interface)
     for stale in present - {wanted}:  # e.g. a VM_GW of an earlier configuration
         ipr.addr("del", index=index, address=str(stale.ip), prefixlen=stale.network.prefixlen)
     if wanted not in present:
-        try:
-            ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
-        except Exception as exc:
-            raise StepError(f"could not add address {wanted} to {name!r}: {exc}") from exc
+        _add_address(ipr, index, name, wanted)
 
 
 def _ensure_address6(ipr: Any, index: int, name: str, wanted: IPv6Interface) -> None:
@@ -190,17 +151,19 @@ def _ensure_address6(ipr: Any, index: int, name: str, wanted: IPv6Interface) -> 
         IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
         for msg in ipr.get_addr(family=socket.AF_INET6, index=index)
     }
-    if wanted not in present:
-        try:  # no duplicate address detection: the /64 is the VM's and ours alone
-            ipr.addr(
-                "add",
-                index=index,
-                address=str(wanted.ip),
-                prefixlen=wanted.network.prefixlen,
-                flags=IFA_F_NODAD,
-            )
-        except Exception as exc:
-            raise StepError(f"could not add address {wanted} to {name!r}: {exc}") from exc
+    if wanted not in present:  # no duplicate address detection: the /64 is ours and the VM's
+        _add_address(ipr, index, name, wanted, flags=IFA_F_NODAD)
+
+
+def _add_address(
+    ipr: Any, index: int, name: str, wanted: IPv4Interface | IPv6Interface, **flags: int
+) -> None:
+    _, NetlinkError = load_iproute()
+    prefix = wanted.network.prefixlen
+    try:
+        ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=prefix, **flags)
+    except NetlinkError as exc:
+        raise StepError(f"could not add address {wanted} to {name!r}: {exc.args[-1]}") from exc
 
 
 def _lookup(ipr: Any, name: str) -> int | None:

@@ -10,41 +10,18 @@ import json
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import yaml
 
 from kvmmgr.errors import ConfigError
-from kvmmgr.pod import Route
+from kvmmgr.net.model import GuestNetwork, GuestNic, Route
 
 # Instance ids derive from the hostname, so they survive restarts (cloud-init reruns its
 # first-boot modules when the id changes) and differ between VMs.
 UUID_NAMESPACE = uuid.UUID("6f1b0e52-41c4-4c8e-9a57-6b7a0e5f2c11")
 MAX_UNPACKED = 64 << 20  # a gzip'd user-data is checked up to this size unpacked
-
-
-@dataclass(frozen=True)
-class GuestNic:
-    """One NIC as the VM sees it: what DHCP hands it, and its static configuration."""
-
-    mac: str
-    address: IPv4Interface
-    router: IPv4Address | None  # the default route's, on the NIC that has it
-    routes: tuple[Route, ...]  # classless static routes (option 121); empty: router alone
-    mtu: int
-    address6: IPv6Interface | None = None  # NAT mode on a dual-stack pod
-
-
-@dataclass(frozen=True)
-class GuestNetwork:
-    nics: tuple[GuestNic, ...]
-    nameservers: tuple[IPv4Address, ...]
-    search: tuple[str, ...]
-    # DHCP serves the NICs: the guest is told to ask it, so that its DHCP client (which also
-    # writes resolv.conf and sets the MTU) configures them. Else the whole static picture.
-    dhcp: bool = False
 
 
 def identity(metadata: Mapping[str, Any], hostname: str) -> tuple[str, str]:
@@ -121,16 +98,21 @@ def static_routes_of(nic: GuestNic) -> tuple[Route, ...]:
 
 def network_data_json(net: GuestNetwork) -> dict[str, Any]:
     """OpenStack's network_data.json. cloud-init names each link after the NIC that has its
-    MAC; DNS goes both on the networks (where cloud-init reads the search domains) and as
-    services (where other agents, cloudbase-init say, look for it). An on-link route has the
-    gateway 0.0.0.0."""
+    MAC; DNS goes both on the networks and as services (where other agents, cloudbase-init
+    say, look for it). An on-link route has the gateway 0.0.0.0."""
     links, networks = [], []
     for number, nic in enumerate(net.nics):
         link = f"pod{number}"
         links.append({"id": link, "type": "phy", "ethernet_mac_address": nic.mac, "mtu": nic.mtu})
         network: dict[str, Any] = {"id": f"{link}-ipv4", "link": link, "network_id": "kvm-manager"}
+        # DNS on each network too: where cloud-init reads the search domains. DHCP may
+        # carry fewer of them (option 119's 255 bytes): the drive has them all.
+        dns = {
+            "dns_nameservers": [str(ns) for ns in net.nameservers],
+            "dns_search": list(net.search),
+        }
         if net.dhcp:
-            networks.append({**network, "type": "ipv4_dhcp"})
+            networks.append({**network, "type": "ipv4_dhcp", **dns})
             continue
         routes = [
             {
@@ -149,8 +131,7 @@ def network_data_json(net: GuestNetwork) -> dict[str, Any]:
                 "netmask": str(nic.address.netmask),
                 **({"gateway": str(gateway)} if gateway else {}),
                 "routes": routes,
-                "dns_nameservers": [str(ns) for ns in net.nameservers],
-                "dns_search": list(net.search),
+                **dns,
             }
         )
     services = [{"type": "dns", "address": str(ns)} for ns in net.nameservers]
@@ -222,20 +203,23 @@ def check_cloud_config(name: str, path: str, data: bytes) -> None:
 
 
 def _check_yaml(name: str, path: str, data: bytes, where: str) -> None:
-    try:
-        value = yaml.safe_load(data)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"{name} {path}{where}{line}: invalid #cloud-config YAML: {exc.problem}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{name} {path}{where}: invalid #cloud-config YAML: {exc}") from None
+    value = load_yaml(name, path, data, "#cloud-config YAML", where)
     if value is not None and not isinstance(value, dict):
         raise ConfigError(
             f"{name} {path}{where}: #cloud-config must be a mapping, not {type(value).__name__}"
         )
+
+
+def load_yaml(name: str, path: object, data: bytes, kind: str = "YAML", where: str = "") -> Any:
+    """The document, or one line naming the input, the file, the line and the problem."""
+    try:
+        return yaml.safe_load(data)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{name} {path}{where}{line}: invalid {kind}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name} {path}{where}: invalid {kind}: {exc}") from None
 
 
 def _gunzip(name: str, path: str, data: bytes) -> bytes:

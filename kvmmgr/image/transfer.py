@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from kvmmgr import unpack
 from kvmmgr.errors import StepError
-from kvmmgr.files import write_atomic
-from kvmmgr.progress import Progress, size
+from kvmmgr.image import unpack
+from kvmmgr.image.progress import Progress, size
+from kvmmgr.system.files import write_atomic
 
 log = logging.getLogger("kvmmgr")
 

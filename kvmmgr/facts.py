@@ -1,0 +1,30 @@
+"""What was observed of the pod (pod.py), as data: the input of the plan, with the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from kvmmgr.net.model import PodDns, PodInterface
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mib: int | None
+    cpus: int | None
+
+
+@dataclass(frozen=True)
+class Devices:
+    kvm: bool  # /dev/kvm opens and the CPU advertises vmx/svm
+    vhost_net: bool  # /dev/vhost-net opens; QEMU 7.2 crashes when asked for vhost without it
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    hostname: str
+    interfaces: tuple[PodInterface, ...]  # the ones given to the VM, in order
+    networks: tuple[IPv4Network, ...]  # every IPv4 subnet and route of the pod: the VM's avoid them
+    dns: PodDns
+    limits: Limits
+    devices: Devices
