@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, assert_never
 
 from kvmmgr.errors import ConfigError, StepError
-from kvmmgr.image import diskformat, transfer, unpack
+from kvmmgr.image import convert, diskformat, headers, ova, transfer, unpack
 from kvmmgr.image.cachelock import CacheLock
 from kvmmgr.image.disks import DiskPlan
 from kvmmgr.image.overlay import check_size_fits_base
@@ -78,13 +78,15 @@ class Fetched:
     seconds: float
     unpacked_from: str | None
     sha256_checked: bool
+    data_disks: tuple[str, ...] = ()  # an OVA's further disks, beside the base
 
     def __str__(self) -> str:
         unpacked = f", unpacked from {self.unpacked_from}" if self.unpacked_from else ""
         checked = ", sha256 verified" if self.sha256_checked else ""
+        data = f"; data disks {', '.join(self.data_disks)}" if self.data_disks else ""
         return (
             f"fetched {self.source} -> {self.path} ({self.format}, {size(self.size)} in "
-            f"{self.seconds:.1f} s{unpacked}{checked})"
+            f"{self.seconds:.1f} s{unpacked}{checked}){data}"
         )
 
 
@@ -129,60 +131,153 @@ def _part_progress(plan: DiskPlan) -> str:
 def _fetch(plan: DiskPlan, files: transfer.WorkFiles) -> Fetched:
     assert plan.source is not None  # check_available ran first
     started = time.monotonic()
-    receiver = transfer.Receiver(
-        files, hashing=plan.sha256 is not None, compression=unpack.by_name(plan.source.name)
-    )
+    what = f"IMG_SOURCE {plan.source}"
+    work = _Imports(plan.base)
     try:
-        match plan.source:
-            case LocalSource(path=path):
-                received = transfer.copy_local(path, receiver)
-            case HttpSource(url=url):
-                received = transfer.download(
-                    url, receiver, retries=plan.retries, ca_bundle=plan.ca_bundle
-                )
-            case unknown:
-                assert_never(unknown)
-        if plan.sha256 and received.sha256 != plan.sha256:
-            raise StepError(
-                f"IMG_SOURCE {plan.source}: sha256 {received.sha256} does not match "
-                f"IMG_SHA256 {plan.sha256}; the download was discarded"
-            )
-        info = diskformat.inspect(received.image, f"IMG_SOURCE {plan.source}")
+        received = _receive(plan, files)
+        stat = received.image.stat()
+        record = _import(plan, received.image, what, work)
+        record = dataclasses.replace(record, sha256=received.sha256)
     except transfer.GaveUp:
         raise  # unfinished, not wrong: the part stays for the next start to resume
     except StepError:
         files.remove()
+        work.remove()
         raise
     except OSError as exc:  # the cache itself: full, read-only, gone
         files.remove()  # frees what space it took
+        work.remove()
         raise StepError(f"cannot write the image to {plan.base.parent}: {exc.strerror}") from exc
-    os.chmod(received.image, 0o644)
-    stat = received.image.stat()
-    record = BaseRecord(
-        text_of(plan.source), stat.st_size, stat.st_mtime_ns, received.sha256, info.format
-    )
-    write_atomic(hidden(plan.base, ".json"), as_json(record), mode=0o644)
-    os.replace(received.image, plan.base)
-    _fsync_dir(plan.base.parent)
+    work.commit(record)
     files.remove()
     return Fetched(
         str(plan.source),
         plan.base,
-        info.format,
+        record.format if not record.converted_from else f"{record.converted_from} -> qcow2",
         stat.st_size,
         time.monotonic() - started,
         received.compression,
         plan.sha256 is not None,
+        record.data_disks,
     )
 
 
+def _receive(plan: DiskPlan, files: transfer.WorkFiles) -> transfer.Received:
+    """The source's bytes in the cache (unpacked, hashed on the way)."""
+    assert plan.source is not None
+    receiver = transfer.Receiver(
+        files, hashing=plan.sha256 is not None, compression=unpack.by_name(plan.source.name)
+    )
+    match plan.source:
+        case LocalSource(path=path):
+            received = transfer.copy_local(path, receiver)
+        case HttpSource(url=url):
+            received = transfer.download(
+                url, receiver, retries=plan.retries, ca_bundle=plan.ca_bundle
+            )
+        case unknown:
+            assert_never(unknown)
+    if plan.sha256 and received.sha256 != plan.sha256:
+        raise StepError(
+            f"IMG_SOURCE {plan.source}: sha256 {received.sha256} does not match "
+            f"IMG_SHA256 {plan.sha256}; the download was discarded"
+        )
+    return received
+
+
+class _Imports:
+    """The disks an import makes, each in a hidden work file until all are ready, then
+    renamed into place together (the base last: its presence says the import is done)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.ready: list[tuple[Path, Path]] = []  # (work file, final name)
+        self.scratch: list[Path] = []
+
+    def work_file(self, final: Path, suffix: str) -> Path:
+        path = hidden(final, suffix)
+        self.scratch.append(path)
+        return path
+
+    def done(self, work: Path, final: Path) -> None:
+        self.ready.append((work, final))
+
+    def commit(self, record: BaseRecord) -> None:
+        for work, final in sorted(self.ready, key=lambda pair: pair[1] == self.base):
+            os.chmod(work, 0o644)
+            if final == self.base:
+                stat = work.stat()
+                record = dataclasses.replace(record, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                write_atomic(hidden(final, ".json"), as_json(record), mode=0o644)
+            os.replace(work, final)
+        _fsync_dir(self.base.parent)
+        self.remove()
+
+    def remove(self) -> None:
+        for path in self.scratch:
+            path.unlink(missing_ok=True)
+
+
+def _import(plan: DiskPlan, image: Path, what: str, work: _Imports) -> BaseRecord:
+    """The received image made a base: a disk used in place or converted to qcow2, or an
+    OVA's disks, each so."""
+    sniffed = headers.sniff(image, what)
+    if sniffed.format != "ova":
+        fmt, converted = _disk(image, sniffed.format, plan.base, what, work)
+        return BaseRecord(text_of(plan.source), 0, 0, None, fmt, converted)
+    appliance = ova.read(image, what)
+    bases = [plan.base] + [
+        plan.base.with_name(f"{plan.base.name}-disk{n}") for n in range(2, len(appliance.disks) + 1)
+    ]
+    formats = []
+    for member, base in zip(appliance.disks, bases, strict=True):
+        extracted = work.work_file(base, ".ova-member")
+        ova.extract(image, what, member, extracted)
+        inner = headers.sniff(extracted, f"{what}: {member}")
+        if inner.format == "ova":
+            raise StepError(f"{what}: {member} is an OVA inside the OVA: expected a disk")
+        formats.append(_disk(extracted, inner.format, base, f"{what}: {member}", work)[1])
+    log.info(
+        "image: %s is an OVA of %s: %d disk(s) (%s)",
+        plan.source,
+        appliance.name,
+        len(bases),
+        ", ".join(filter(None, formats)) or "qcow2",
+    )
+    return BaseRecord(
+        text_of(plan.source), 0, 0, None, "qcow2", "ova",
+        dataclasses.asdict(appliance), tuple(str(b.name) for b in bases[1:]),
+    )  # fmt: skip
+
+
+def _disk(image: Path, fmt: str, final: Path, what: str, work: _Imports) -> tuple[str, str | None]:
+    """One disk readied for `final`: (its format there, the format it was converted from)."""
+    info = diskformat.inspect(image, what, fmt)
+    if fmt in convert.IN_PLACE:
+        work.done(image, final)
+        return fmt, None
+    log.info("image: converting %s (%s, %s) to qcow2", what, fmt, size(info.virtual_size))
+    target = work.work_file(final, ".converted")
+    convert.to_qcow2(image, fmt, target, info.virtual_size)
+    work.done(target, final)
+    return "qcow2", fmt
+
+
 def _verified(plan: DiskPlan) -> BaseImage:
-    """A base that is present: trusted as it is, unless IMG_SHA256 asks for a check. The
-    check hashes the file once and records the result, so later starts only compare."""
-    if plan.sha256 is None:
-        return BaseImage(plan.base)
+    """A base that is present. One without a record (put there by hand, or a source used in
+    place) is checked as any fetched image is, once, and recorded. With IMG_SHA256, the file
+    is hashed once and the result recorded, so later starts only compare."""
     record = read_record(hidden(plan.base, ".json"), plan.base)
-    if record is not None and record.sha256 is not None:
+    checked = record is None
+    if record is None:
+        fmt = diskformat.identify(plan.base, str(plan.base)).format
+        stat = plan.base.stat()
+        record = BaseRecord(text_of(plan.source), stat.st_size, stat.st_mtime_ns, None, fmt)
+    if plan.sha256 is None:
+        if checked:
+            _keep(plan, record)
+        return BaseImage(plan.base)
+    if record.sha256 is not None:
         if record.sha256 != plan.sha256:
             raise StepError(
                 f"the cached {plan.base} was fetched with sha256 {record.sha256}, but "
@@ -195,11 +290,17 @@ def _verified(plan: DiskPlan) -> BaseImage:
         raise StepError(
             f"the cached {plan.base} has sha256 {digest}, but IMG_SHA256 is {plan.sha256}"
         )
-    stat = plan.base.stat()
-    fmt = diskformat.inspect(plan.base, str(plan.base)).format
-    record = BaseRecord(text_of(plan.source), stat.st_size, stat.st_mtime_ns, digest, fmt)
-    write_atomic(hidden(plan.base, ".json"), as_json(record), mode=0o644)
+    _keep(plan, dataclasses.replace(record, sha256=digest))
     return BaseImage(plan.base, sha256="now")
+
+
+def _keep(plan: DiskPlan, record: BaseRecord) -> None:
+    """Record what was found out; a cache that cannot be written (a read-only volume holding
+    the image) only means it is found out again at the next start."""
+    try:
+        write_atomic(hidden(plan.base, ".json"), as_json(record), mode=0o644)
+    except OSError as exc:
+        log.debug("image: cannot record %s: %s", plan.base, exc.strerror)
 
 
 def _sha256_of(path: Path) -> str:

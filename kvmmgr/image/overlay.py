@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmmgr.errors import ConfigError, StepError
-from kvmmgr.image import diskformat
+from kvmmgr.image import diskformat, headers
 from kvmmgr.image.disks import DiskPlan
 from kvmmgr.image.progress import size
 from kvmmgr.image.records import BaseRecord, as_json, base_record, hidden
@@ -49,6 +49,7 @@ def ensure_overlay(plan: DiskPlan) -> Disk:
     overlay_record = hidden(plan.overlay, ".json")
     base = base_record(plan)
     if plan.overlay.exists():
+        headers.check_overlay(plan.overlay, f"the VM's disk {plan.overlay}", plan.base)
         _check_same_base(plan, overlay_record, base)
         grown_from = _grow(plan)
         return Disk(plan.overlay, False, plan.base, base.format, plan.size, grown_from)
@@ -100,7 +101,7 @@ def _grow(plan: DiskPlan) -> int | None:
 def check_size_fits_base(plan: DiskPlan) -> None:
     """VM_DISK_SIZE may not cut the base image short: the guest's data would be lost."""
     assert plan.size is not None
-    base = diskformat.inspect(plan.base, str(plan.base)).virtual_size
+    base = diskformat.identify(plan.base, str(plan.base)).virtual_size
     if plan.size < base:
         raise ConfigError.bad_value(
             "VM_DISK_SIZE",

@@ -16,6 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kvmmgr.image import diskformat
 from kvmmgr.image.disks import DiskPlan
@@ -32,14 +33,18 @@ class BaseRecord:
     mtime_ns: int
     sha256: str | None  # of the transferred bytes, when they were hashed
     format: str
+    converted_from: str | None = None  # the format it came in, when it was converted
+    appliance: dict[str, Any] | None = None  # an OVA's declared hardware (ova.Appliance)
+    data_disks: tuple[str, ...] = ()  # an OVA's further disks, beside the base in the cache
 
 
 def read_record(path: Path, describes: Path) -> BaseRecord | None:
     """The record at `path`, if it is (still) about the file `describes`."""
     try:
-        record = BaseRecord(**json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        record = BaseRecord(**{**raw, "data_disks": tuple(raw.get("data_disks", ()))})
         stat = describes.stat()
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
     if (record.size, record.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
         return None
@@ -52,7 +57,7 @@ def base_record(plan: DiskPlan) -> BaseRecord:
     if record is not None:
         return record
     stat = plan.base.stat()
-    fmt = diskformat.inspect(plan.base, str(plan.base)).format
+    fmt = diskformat.identify(plan.base, str(plan.base)).format
     return BaseRecord(text_of(plan.source), stat.st_size, stat.st_mtime_ns, None, fmt)
 
 

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvmmgr.errors import CommandError
@@ -40,6 +40,32 @@ def run(
     if done.returncode != 0:
         raise CommandError(argv, done.returncode, done.stderr or "see its message above")
     return done.stdout
+
+
+def watch(argv: Sequence[str], on_output: Callable[[str], None], *, timeout: float = 86400) -> None:
+    """Run a command that reports as it goes (qemu-img -p rewrites one line with \\r):
+    `on_output` gets each piece of its stdout; CommandError with its stderr when it fails."""
+    deadline = time.monotonic() + timeout
+    try:
+        child = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except FileNotFoundError:
+        raise CommandError(argv, 127, f"{argv[0]}: command not found") from None
+    assert child.stdout is not None and child.stderr is not None
+    with child:
+        buffer = b""
+        while chunk := os.read(child.stdout.fileno(), 4096):
+            *pieces, buffer = (buffer + chunk).replace(b"\r", b"\n").split(b"\n")
+            for piece in pieces:
+                if piece.strip():
+                    on_output(piece.decode(errors="replace").strip())
+            if time.monotonic() > deadline:
+                child.kill()
+                raise CommandError(argv, -1, f"timed out after {timeout:g} s")
+        stderr = child.stderr.read().decode(errors="replace")
+    if child.returncode != 0:
+        raise CommandError(argv, child.returncode, stderr)
 
 
 def pids_with_argument(program: str, argument: str) -> list[int]:
