@@ -9,15 +9,24 @@ from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Literal
+from uuid import UUID
 
 from kvmmgr import values
 from kvmmgr.errors import ConfigError
 from kvmmgr.guest.formats import DRIVE_FORMATS, DriveFormat
 from kvmmgr.image import unpack
-from kvmmgr.image.sources import ImageSource, parse_source
+from kvmmgr.image.sources import DataDiskSource, ImageSource, NewDisk, PodDisk, parse_source
 from kvmmgr.net.model import NET_MODES, Attachment, NetMode, PortSpec
 
 Accel = Literal["auto", "kvm", "tcg"]
+Machine = Literal["pc", "q35"]
+Firmware = Literal["bios", "uefi"]
+DiskBus = Literal["virtio", "scsi", "sata", "ide"]
+NicModel = Literal["virtio", "e1000", "e1000e", "rtl8139", "vmxnet3"]
+MACHINES: tuple[Machine, ...] = ("pc", "q35")
+FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi")
+DISK_BUSES: tuple[DiskBus, ...] = ("virtio", "scsi", "sata", "ide")
+NIC_MODELS: tuple[NicModel, ...] = ("virtio", "e1000", "e1000e", "rtl8139", "vmxnet3")
 DEFAULT_RUN_DIR = "/run/kvmmgr"
 DEFAULT_VM_IP = "192.168.254.2"
 DEFAULT_VM_GW = "192.168.254.1"
@@ -27,6 +36,7 @@ DEFAULT_VM_IP6 = "fd00:6b76:6d::2"
 MAX_CPUS = 255  # QEMU's limit for the pc machine
 MAX_RETRIES = 100
 VNC_PASSWORD_MAX = 8  # bytes: VNC's authentication uses no more
+MAX_DATA_DISKS = 16
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class ImageSettings:
     image_dir: Path  # the shared cache
     vm_dir: Path  # the VM's own disk
     disk_size: int | None  # bytes; None: the base image's size
+    data_disks: tuple[DataDiskSource, ...] = ()  # VM_DATA_DISKS, in order
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,20 @@ class Readiness:
 
 
 @dataclass(frozen=True)
+class Hardware:
+    """The virtual machine the guest expects; None: not said (an OVA's, else the default)."""
+
+    machine: Machine | None = None
+    firmware: Firmware | None = None
+    secure_boot: bool = False
+    disk_bus: DiskBus | None = None
+    nic_model: NicModel | None = None
+    cpu_model: str | None = None  # a QEMU CPU model; None: host under KVM, qemu64 under TCG
+    serial: str | None = None  # SMBIOS system serial; None: derived from the host name
+    uuid: UUID | None = None  # SMBIOS system UUID; None: derived from the host name
+
+
+@dataclass(frozen=True)
 class VmSettings:
     hostname: str | None  # None: the kernel's
     mac: str | None
@@ -64,6 +89,7 @@ class VmSettings:
     vnc: bool
     vnc_password: str | None = field(repr=False)
     readiness: Readiness
+    hardware: Hardware = Hardware()
 
 
 @dataclass(frozen=True)
@@ -164,6 +190,7 @@ def load_image(env: Mapping[str, str]) -> ImageSettings:
         image_dir=image_dir,
         vm_dir=values.abs_path(env, "VM_DIR", str(image_dir)),
         disk_size=values.disk_size("VM_DISK_SIZE", values.text(env, "VM_DISK_SIZE")),
+        data_disks=_data_disks(values.text(env, "VM_DATA_DISKS")),
     )
 
 
@@ -213,6 +240,41 @@ def load_vm(env: Mapping[str, str]) -> VmSettings:
         vnc=not no_vnc,
         vnc_password=None if no_vnc else password,
         readiness=load_readiness(env),
+        hardware=load_hardware(env),
+    )
+
+
+def load_hardware(env: Mapping[str, str]) -> Hardware:
+    get = partial(values.text, env)
+    firmware = (
+        values.choice("VM_FIRMWARE", get("VM_FIRMWARE"), FIRMWARES) if get("VM_FIRMWARE") else None
+    )
+    machine = (
+        values.choice("VM_MACHINE", get("VM_MACHINE"), MACHINES) if get("VM_MACHINE") else None
+    )
+    secure = values.boolean(env, "VM_SECURE_BOOT")
+    if secure and (firmware == "bios" or machine == "pc"):
+        raise ConfigError.bad_value(
+            "VM_SECURE_BOOT", get("VM_SECURE_BOOT"),
+            "false with VM_FIRMWARE=bios or VM_MACHINE=pc (Secure Boot needs UEFI on q35)",
+        )  # fmt: skip
+    bus = (
+        values.choice("VM_DISK_BUS", get("VM_DISK_BUS"), DISK_BUSES) if get("VM_DISK_BUS") else None
+    )
+    if bus == "ide" and machine == "q35":
+        raise ConfigError.bad_value(
+            "VM_DISK_BUS", "ide", "virtio, scsi or sata with VM_MACHINE=q35 (it has no IDE)"
+        )
+    model = get("VM_NIC_MODEL")
+    return Hardware(
+        machine=machine,
+        firmware=firmware,
+        secure_boot=secure,
+        disk_bus=bus,
+        nic_model=values.choice("VM_NIC_MODEL", model, NIC_MODELS) if model else None,
+        cpu_model=values.cpu_model("VM_CPU_MODEL", get("VM_CPU_MODEL")),
+        serial=values.serial("VM_SERIAL", get("VM_SERIAL")),
+        uuid=values.uuid_of("VM_UUID", get("VM_UUID")),
     )
 
 
@@ -260,6 +322,22 @@ def _check_pair(vm_ip: IPv4Address, vm_gw: IPv4Address) -> None:
         raise ConfigError.bad_value(
             "VM_GW", str(vm_gw), f"the other usable host of VM_IP's /30 {net}, i.e. {other}"
         )
+
+
+def _data_disks(raw: str) -> tuple[DataDiskSource, ...]:
+    """`10G /dev/xvdb /data/disk.img`: a size makes a disk on the VM's volume, a path uses
+    a block device or a file of the pod."""
+    disks: list[DataDiskSource] = []
+    for item in raw.replace(",", " ").split():
+        if item.startswith("/"):
+            disks.append(PodDisk(values.abs_path({"VM_DATA_DISKS": item}, "VM_DATA_DISKS", "")))
+        else:
+            size = values.disk_size("VM_DATA_DISKS", item)
+            assert size is not None
+            disks.append(NewDisk(size))
+    if len(disks) > MAX_DATA_DISKS:
+        raise ConfigError.bad_value("VM_DATA_DISKS", raw, f"at most {MAX_DATA_DISKS} disks")
+    return tuple(disks)
 
 
 def _attachments(raw: str, pod_iface: str, mode: NetMode) -> tuple[Attachment, ...] | None:

@@ -11,11 +11,13 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 from kvmmgr.config import Settings
 from kvmmgr.errors import ConfigError
 from kvmmgr.facts import PodFacts
 from kvmmgr.guest.drive import ConfigDrivePlan, DriveInputs, build_config_drive
+from kvmmgr.image.appliance import Appliance, BaseFacts
 from kvmmgr.image.disks import DiskPlan, build_disks
 from kvmmgr.image.sources import HttpSource, LocalSource
 from kvmmgr.net.dhcp import DhcpPlan, build_dhcp
@@ -23,18 +25,21 @@ from kvmmgr.net.dhcpguard import GuardedInterface, GuardPlan, build_guard
 from kvmmgr.net.firewall import FirewallPlan, build_firewall
 from kvmmgr.net.model import GuestNetwork
 from kvmmgr.net.nics import NicPlan, Sysctl, build_nics, build_sysctls
-from kvmmgr.vm.qemu import QemuPlan, VmPlan, build_qemu
+from kvmmgr.vm.hardware import build_hardware
+from kvmmgr.vm.qemu import HardwarePlan, QemuPlan, VmPlan, build_qemu
 
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_CPUS = 1
 QEMU_OVERHEAD_MIB = 256  # left to QEMU itself when the VM's size follows the memory limit
 MIN_MEMORY_MIB = 64
+NO_BASE = BaseFacts()  # not fetched yet: nothing known of it
 
 
 @dataclass(frozen=True)
 class Plan:
     pod: PodFacts
     vm: VmPlan
+    hardware: HardwarePlan
     nics: tuple[NicPlan, ...]
     sysctls: tuple[Sysctl, ...]
     disks: DiskPlan
@@ -43,6 +48,7 @@ class Plan:
     dhcp_guard: GuardPlan | None  # bridge and macvtap NICs with DHCP on
     config_drive: ConfigDrivePlan | None
     qemu: QemuPlan
+    base: BaseFacts  # what was known of the base image (an OVA's hardware) when planned
     notes: tuple[str, ...]  # decisions worth a warning in the log
 
     def as_data(self) -> Any:
@@ -55,22 +61,30 @@ class Plan:
 
 
 def make_plan(
-    settings: Settings, pod: PodFacts, inputs: DriveInputs, extra_qemu_args: Sequence[str] = ()
+    settings: Settings,
+    pod: PodFacts,
+    inputs: DriveInputs,
+    extra_qemu_args: Sequence[str] = (),
+    base: BaseFacts = NO_BASE,
 ) -> Plan:
+    """`base`: what the cache says of the base image, when it is there (an OVA's hardware)."""
     notes: list[str] = []
     nics = build_nics(settings.network, settings.vm, pod, notes)
+    appliance = base.appliance
     vm = VmPlan(
         hostname=pod.hostname,
-        memory_mib=_memory(settings, pod, notes),
-        cpus=settings.vm.cpus or pod.limits.cpus or DEFAULT_CPUS,
+        memory_mib=_memory(settings, pod, notes, appliance),
+        cpus=settings.vm.cpus or _from_ovf(appliance, "cpus") or pod.limits.cpus or DEFAULT_CPUS,
         accel=_accel(settings, pod, notes),
     )
-    disks = build_disks(settings.image, pod.hostname)
+    hardware = build_hardware(settings.vm.hardware, appliance, vm, notes)
+    disks = build_disks(settings.image, pod.hostname, base.data_disks)
     dhcp = _dhcp(settings, pod, nics, notes)
     config_drive = _config_drive(settings, pod, nics, inputs)
     qemu = build_qemu(
         vm,
-        overlay=disks.overlay,
+        hardware,
+        disks=disks,
         config_drive=config_drive.iso if config_drive else None,
         nics=nics,
         vhost=pod.devices.vhost_net,
@@ -83,6 +97,7 @@ def make_plan(
     return Plan(
         pod=pod,
         vm=vm,
+        hardware=hardware,
         nics=nics,
         sysctls=build_sysctls(nics),
         disks=disks,
@@ -91,6 +106,7 @@ def make_plan(
         dhcp_guard=_guard(nics) if dhcp else None,
         config_drive=config_drive,
         qemu=qemu,
+        base=base,
         notes=tuple(notes),
     )
 
@@ -149,8 +165,23 @@ def _config_drive(
     )
 
 
-def _memory(settings: Settings, pod: PodFacts, notes: list[str]) -> int:
+def _from_ovf(appliance: Appliance | None, what: str) -> int | None:
+    return getattr(appliance, what) if appliance is not None else None
+
+
+def _memory(
+    settings: Settings, pod: PodFacts, notes: list[str], appliance: Appliance | None
+) -> int:
     wanted, limit = settings.vm.memory_mib, pod.limits.memory_mib
+    declared = _from_ovf(appliance, "memory_mib")
+    if wanted is None and declared is not None:  # the OVF's, within the container's limit
+        if limit is not None and declared + QEMU_OVERHEAD_MIB > limit:
+            notes.append(
+                f"the OVF asks for {declared} MiB: the container's {limit} MiB limit "
+                f"leaves the VM {limit - QEMU_OVERHEAD_MIB} MiB"
+            )
+        else:
+            wanted = declared
     if wanted is not None:
         if limit is not None and wanted + QEMU_OVERHEAD_MIB > limit:
             notes.append(
@@ -201,7 +232,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, IPv4Address | IPv4Interface | IPv4Network | Path):
+    if isinstance(value, IPv4Address | IPv4Interface | IPv4Network | Path | UUID):
         return str(value)
     if value is None or isinstance(value, str | int | float | bool):
         return value

@@ -11,9 +11,10 @@ import os
 import shutil
 from pathlib import Path
 
-from kvmmgr.errors import PreconditionError
+from kvmmgr.errors import PreconditionError, StepError
 from kvmmgr.net.nics import MacvtapLink
 from kvmmgr.plan import Plan
+from kvmmgr.system import proc
 from kvmmgr.system.devices import opens
 
 # Capability bits (linux/capability.h), and what each is needed for.
@@ -55,6 +56,7 @@ def check(
     for program in programs:
         if shutil.which(program) is None:
             raise PreconditionError(f"{program}: not found on PATH: expected it installed")
+    _check_hardware(plan)
     writable = [plan.qemu.qmp_socket.parent]
     if not plan.disks.overlay.exists():
         writable.append(plan.disks.overlay.parent)
@@ -62,6 +64,36 @@ def check(
         writable.append(plan.disks.base.parent)
     for directory in writable:
         _check_writable(directory)
+
+
+def _check_hardware(plan: Plan) -> None:
+    firmware = plan.qemu.firmware
+    if firmware is not None:
+        for path in (firmware.code, firmware.vars_template):
+            if not path.is_file():
+                raise PreconditionError(
+                    f"{path}: missing: expected OVMF (Debian's ovmf package) for VM_FIRMWARE=uefi"
+                )
+    for disk in plan.disks.data:
+        if disk.kind == "pod" and not (disk.path.is_block_device() or disk.path.is_file()):
+            raise PreconditionError(
+                f"VM_DATA_DISKS {disk.path}: expected a block device or a file in the pod "
+                "(a PVC in block or filesystem mode)"
+            )
+    model = plan.hardware.cpu_model
+    if model not in {"host", "qemu64"} and model not in _cpu_models(plan.qemu.argv[0]):
+        raise PreconditionError(
+            f"VM_CPU_MODEL={model!r}: not a CPU model of this QEMU (`{plan.qemu.argv[0]} -cpu "
+            "help` lists them)"
+        )
+
+
+def _cpu_models(qemu: str) -> set[str]:
+    try:
+        listing = proc.run([qemu, "-cpu", "help"], timeout=30)
+    except StepError:
+        return set()
+    return {line.split()[1] for line in listing.splitlines() if line.startswith("x86 ")}
 
 
 def effective_capabilities(status_text: str) -> int:

@@ -4,6 +4,7 @@ line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from kvmmgr.config import Settings
 from kvmmgr.guest import inputs, iso
 from kvmmgr.guest.drive import DriveInputs
 from kvmmgr.image import cache, overlay
+from kvmmgr.image.disks import build_disks
 from kvmmgr.net import dnsmasq, iptables, links, nftables, podmemory
 from kvmmgr.net.model import PodInterface
 from kvmmgr.net.nics import NatLink, NicPlan
@@ -36,56 +38,85 @@ PAUSE_AFTER = "KVMMGR_TEST_PAUSE_AFTER"
 
 @dataclass(frozen=True)
 class Context:
-    """What the steps need besides the plan."""
+    """What the steps need besides the plan, and what the plan was made from."""
 
     settings: Settings
     detached: bool  # this process does not become QEMU afterwards (`setup`)
+    inputs: DriveInputs
+    extra_qemu_args: Sequence[str]
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     run: Callable[[Plan, Context], object]  # returns what it did; str() is the log line
+    replans: bool = False  # what it did may change the plan (the base image is known)
 
 
 def prepare(settings: Settings, extra_qemu_args: Sequence[str] = ()) -> Plan:
     """Observe the pod, read the inputs, plan. Changes nothing."""
+    return _prepare(settings, extra_qemu_args)[0]
+
+
+def _prepare(settings: Settings, extra_qemu_args: Sequence[str]) -> tuple[Plan, Context]:
     with timed("observe"):
         facts = pod.observe(settings, podmemory.load(settings.run_dir))
+        base = cache.base_facts(build_disks(settings.image, facts.hostname))
     with timed("plan"):
         given = settings.guest
         drive_inputs = (
             inputs.read_inputs(given.inputs) if given.drive_format else DriveInputs(None, None)
         )
-        plan = make_plan(settings, facts, drive_inputs, extra_qemu_args)
+        plan = make_plan(settings, facts, drive_inputs, extra_qemu_args, base)
         cache.check_available(plan.disks)
-    return plan
+    return plan, Context(settings, False, drive_inputs, extra_qemu_args)
 
 
 def setup(
     settings: Settings, extra_qemu_args: Sequence[str] = (), *, detached: bool = False
 ) -> Plan:
-    """Everything but the exec. Every check comes before the first change."""
-    plan = prepare(settings, extra_qemu_args)
+    """Everything but the exec. Every check comes before the first change. The plan QEMU
+    runs: the first, or, when the base turned out to be an appliance, the one made again
+    with what its OVF declares."""
+    plan, context = _prepare(settings, extra_qemu_args)
+    context = dataclasses.replace(context, detached=detached)
     with timed("preflight"):
         preflight.check(plan)
     log_plan(plan)
-    apply(plan, Context(settings, detached))
+    plan = apply(plan, context)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("memory: peak RSS %.1f MiB", peak_rss_mib())
     return plan
 
 
-def apply(plan: Plan, context: Context) -> None:
+def apply(plan: Plan, context: Context) -> Plan:
     """The steps, in order. Each is idempotent: a second run converges to the same state."""
     ensure_private_dir(context.settings.run_dir)
     for step in STEPS:
         with timed(step.name):
             done = step.run(plan, context)
         log.info("%s: %s", step.name, done)
+        if step.replans:
+            plan = _with_the_base(plan, context)
         if os.environ.get(PAUSE_AFTER) == step.name:
             log.warning("paused after %s (%s is a test hook)", step.name, PAUSE_AFTER)
             os.kill(os.getpid(), signal.SIGSTOP)  # for the test to kill us right here
+    return plan
+
+
+def _with_the_base(plan: Plan, context: Context) -> Plan:
+    """A base fetched just now may be an appliance whose OVF says more (its hardware, its
+    data disks): the plan is made again with it, and checked again."""
+    base = cache.base_facts(plan.disks)
+    if base == plan.base:
+        return plan
+    settings, before = context.settings, set(plan.notes)
+    again = make_plan(settings, plan.pod, context.inputs, context.extra_qemu_args, base)
+    preflight.check(again)
+    for note in again.notes:
+        if note not in before:
+            log.warning("%s", note)
+    return again
 
 
 # --- what each step did, rendered as its log line --------------------------------------------
@@ -175,8 +206,11 @@ def _image(plan: Plan, context: Context) -> cache.BaseImage:
     return cache.ensure_base(plan.disks, cache.holder(plan.vm.hostname))
 
 
-def _disk(plan: Plan, context: Context) -> overlay.Disk:
-    return overlay.ensure_overlay(plan.disks)
+def _disk(plan: Plan, context: Context) -> str:
+    done = [str(overlay.ensure_overlay(plan.disks))]
+    done += [f"data disk {said}" for said in overlay.ensure_data_disks(plan.disks)]
+    done += filter(None, [launch.ensure_efi_vars(plan.qemu.firmware)])
+    return "; ".join(done)
 
 
 def _network(plan: Plan, context: Context) -> Links:
@@ -238,7 +272,7 @@ def _vnc(plan: Plan, context: Context) -> Vnc:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("image", _image),
+    Step("image", _image, replans=True),
     Step("disk", _disk),
     Step("network", _network),
     Step("firewall", _firewall),

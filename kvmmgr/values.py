@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import TypeVar
+from uuid import UUID
 
 from kvmmgr.errors import ConfigError
 from kvmmgr.net.model import PortSpec
@@ -25,6 +26,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 _MEMORY_RE = re.compile(r"^(\d+)\s*(M|Mi|MiB|MB|G|Gi|GiB|GB)?$")
 _DISK_SIZE_RE = re.compile(r"^(\d+)\s*(?:([KMGT])(?:i|iB|B)?)?$", re.IGNORECASE)
+_CPU_MODEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 _HOST_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -167,6 +169,36 @@ def hostname(name: str, value: str) -> str:
             name, value, "an RFC 1123 host name (lower-case letters, digits, '-', '.')"
         )
     return value
+
+
+def cpu_model(name: str, raw: str) -> str | None:
+    """A QEMU CPU model name, e.g. Skylake-Server or host (whether QEMU has it, preflight
+    asks QEMU)."""
+    if not raw:
+        return None
+    if not _CPU_MODEL_RE.fullmatch(raw):
+        raise ConfigError.bad_value(name, raw, "a QEMU CPU model such as Westmere, EPYC or host")
+    return raw
+
+
+def serial(name: str, raw: str) -> str | None:
+    """An SMBIOS serial number: printable ASCII, what BIOSes hold (64 characters at most)."""
+    if not raw:
+        return None
+    if len(raw) > 64 or not all(" " <= c <= "~" for c in raw):
+        raise ConfigError.bad_value(name, raw, "1 to 64 printable ASCII characters")
+    return raw
+
+
+def uuid_of(name: str, raw: str) -> UUID | None:
+    if not raw:
+        return None
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ConfigError.bad_value(
+            name, raw, "a UUID such as 4c4c4544-0042-3610-8030-b8c04f4d4b31"
+        ) from None
 
 
 def words(name: str, raw: str) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from typing import Literal, assert_never
 
 from kvmmgr.errors import ConfigError, StepError
 from kvmmgr.image import convert, diskformat, headers, ova, transfer, unpack
+from kvmmgr.image.appliance import BaseFacts, from_record, plain_name
 from kvmmgr.image.cachelock import CacheLock
 from kvmmgr.image.disks import DiskPlan
 from kvmmgr.image.overlay import check_size_fits_base
@@ -45,6 +46,15 @@ def check_available(plan: DiskPlan) -> None:
         )
     if isinstance(plan.source, LocalSource) and not plan.source.path.is_file():
         raise ConfigError.bad_value("IMG_SOURCE", str(plan.source), "an existing image file")
+
+
+def base_facts(plan: DiskPlan) -> BaseFacts:
+    """What the base's record says of it: nothing before it is fetched (or unrecorded)."""
+    record = read_record(hidden(plan.base, ".json"), plan.base) if plan.base.exists() else None
+    if record is None:
+        return BaseFacts()
+    names = tuple(name for name in record.data_disks if plain_name(name))
+    return BaseFacts(from_record(record.appliance), names)
 
 
 def holder(hostname: str) -> str:

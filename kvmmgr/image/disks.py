@@ -1,15 +1,32 @@
-"""Where the VM's disks are, as data: the shared base image and the VM's own overlay. Pure;
-cache.py makes them."""
+"""Where the VM's disks are, as data: the shared base image, the VM's own overlay, and its data
+disks. Pure; cache.py fetches the base, overlay.py makes the VM's disks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeGuard
+from typing import Literal, TypeGuard, assert_never
 
 from kvmmgr.config import ImageSettings
 from kvmmgr.image import unpack
-from kvmmgr.image.sources import ImageSource, LocalSource
+from kvmmgr.image.appliance import plain_name
+from kvmmgr.image.sources import ImageSource, LocalSource, NewDisk, PodDisk
+
+
+@dataclass(frozen=True)
+class DataDisk:
+    """A disk the VM has besides its boot disk, in a stable place and order, with a stable
+    serial number (so that the guest's fstab can name it by id)."""
+
+    path: Path
+    serial: str
+    kind: Literal["new", "overlay", "pod"]  # made here; over an OVA's disk; the pod's own
+    size: int | None = None  # a new disk's
+    backing: Path | None = None  # an overlay's: the OVA's disk in the cache
+
+    @property
+    def format(self) -> str:
+        return "raw" if self.kind == "pod" else "qcow2"
 
 
 @dataclass(frozen=True)
@@ -21,6 +38,7 @@ class DiskPlan:
     retries: int
     ca_bundle: Path | None
     size: int | None = None  # the VM's disk size (VM_DISK_SIZE); None: the base's
+    data: tuple[DataDisk, ...] = ()
 
 
 def _in_cache(source: ImageSource | None, image_dir: Path) -> TypeGuard[LocalSource]:
@@ -32,11 +50,29 @@ def _in_cache(source: ImageSource | None, image_dir: Path) -> TypeGuard[LocalSou
     )
 
 
-def build_disks(image: ImageSettings, hostname: str) -> DiskPlan:
+def build_disks(
+    image: ImageSettings, hostname: str, appliance_disks: tuple[str, ...] = ()
+) -> DiskPlan:
+    """`appliance_disks`: an OVA's further disks, beside the base in the cache."""
     base = image.image_dir / image.target
     source = image.source
     if _in_cache(source, image.image_dir):
         base = source.path  # used in place, never copied
+    data = [
+        DataDisk(
+            _data_path(image, hostname, n), _serial(n), "overlay", backing=base.with_name(name)
+        )
+        for n, name in enumerate(filter(plain_name, appliance_disks), start=1)
+    ]
+    for spec in image.data_disks:
+        n = len(data) + 1
+        match spec:
+            case NewDisk(size=size):
+                data.append(DataDisk(_data_path(image, hostname, n), _serial(n), "new", size=size))
+            case PodDisk(path=path):
+                data.append(DataDisk(path, _serial(n), "pod"))
+            case unknown:
+                assert_never(unknown)
     return DiskPlan(
         source=source,
         base=base,
@@ -45,4 +81,13 @@ def build_disks(image: ImageSettings, hostname: str) -> DiskPlan:
         retries=image.retries,
         ca_bundle=image.ca_bundle,
         size=image.disk_size,
+        data=tuple(data),
     )
+
+
+def _data_path(image: ImageSettings, hostname: str, number: int) -> Path:
+    return image.vm_dir / f"{hostname}-data{number}.qcow2"
+
+
+def _serial(number: int) -> str:
+    return f"kvmdata{number}"  # virtio-blk keeps 20 characters of a serial

@@ -14,11 +14,11 @@ import re
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from kvmmgr.errors import StepError
+from kvmmgr.image.appliance import Appliance
 
 MAX_OVF = 4 << 20
 MAX_MEMBERS = 256
@@ -28,19 +28,6 @@ CPU, MEMORY, IDE, SCSI, ETHERNET, DISK, SATA = 3, 4, 5, 6, 10, 17, 20
 BUSES = {IDE: "ide", SCSI: "scsi", SATA: "sata"}
 NIC_MODELS = {"e1000": "e1000", "e1000e": "e1000e", "vmxnet3": "vmxnet3", "virtio": "virtio"}
 UNITS = {"": 0, "kilo": 10, "mega": 20, "giga": 30, "tera": 40}
-
-
-@dataclass(frozen=True)
-class Appliance:
-    """What an OVF declares; None where it says nothing (or nothing that can be used)."""
-
-    name: str
-    disks: tuple[str, ...]  # the disks' member names in the tar, the boot disk first
-    memory_mib: int | None = None
-    cpus: int | None = None
-    nic_models: tuple[str, ...] = ()  # one per NIC, in order
-    disk_bus: str | None = None  # the boot disk's controller: ide, sata, scsi
-    firmware: str | None = None  # "uefi" when it asks for EFI
 
 
 def read(path: Path, what: str) -> Appliance:

@@ -3,6 +3,7 @@ overwritten or rebased; it only grows, to VM_DISK_SIZE when that is raised."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -76,6 +77,43 @@ def ensure_overlay(plan: DiskPlan) -> Disk:
     finally:
         temp.unlink(missing_ok=True)
     return Disk(plan.overlay, True, plan.base, base.format, plan.size)
+
+
+def ensure_data_disks(plan: DiskPlan) -> tuple[str, ...]:
+    """Each data disk: a new one made once and kept, an overlay on an OVA's disk made once,
+    the pod's own used as it is. What each is, for the log."""
+    said = []
+    for disk in plan.data:
+        what = f"the data disk {disk.path}"
+        if disk.kind == "pod":
+            said.append(f"{disk.path} (the pod's)")
+        elif disk.path.exists():  # ours, from an earlier start: checked, never remade
+            if disk.backing is not None:
+                headers.check_overlay(disk.path, what, disk.backing)
+            elif headers.sniff(disk.path, what).format != "qcow2":
+                raise StepError(f"{what} is not a qcow2: expected the one made for it")
+            said.append(f"{disk.path} (kept)")
+        elif disk.backing is not None:
+            _create(disk.path, ["-F", "qcow2", "-b", str(disk.backing.absolute())])
+            said.append(f"{disk.path} (made on {disk.backing.name})")
+        else:
+            _create(disk.path, [], str(disk.size))
+            said.append(f"{disk.path} (made, {size(disk.size or 0)})")
+    return tuple(said)
+
+
+def _create(path: Path, options: list[str], disk_size: str = "") -> None:
+    """A qcow2 made under a temporary name, then linked into place: never over a disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        sized = [disk_size] if disk_size else []
+        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", *options, str(temp), *sized])
+        os.chmod(temp, 0o600)
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another start: it is
+            os.link(temp, path)  # the disk; unlike rename, link never replaces one
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _grow(plan: DiskPlan) -> int | None:

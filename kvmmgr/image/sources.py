@@ -1,5 +1,5 @@
-"""Where the base image comes from (IMG_SOURCE), parsed once: an http(s) URL, or a local
-file (a file:// URL or an absolute path). Pure."""
+"""Where the VM's disks come from, parsed once: the base image (IMG_SOURCE: an http(s) URL,
+or a local file, a file:// URL or an absolute path), and the data disks (VM_DATA_DISKS). Pure."""
 
 from __future__ import annotations
 
@@ -40,6 +40,24 @@ class LocalSource:
 
 
 ImageSource = HttpSource | LocalSource
+
+
+@dataclass(frozen=True)
+class NewDisk:
+    """A data disk made on the VM's volume (a qcow2), once, and kept."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class PodDisk:
+    """A data disk that the pod has: a block device or a file (a PVC in block or
+    filesystem mode)."""
+
+    path: Path
+
+
+DataDiskSource = NewDisk | PodDisk
 
 
 def parse_source(raw: str) -> ImageSource:

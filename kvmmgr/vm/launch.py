@@ -9,7 +9,22 @@ from pathlib import Path
 
 from kvmmgr.errors import StepError
 from kvmmgr.system.files import write_atomic
-from kvmmgr.vm.qemu import VNC_PASSWORD_FILE, QemuPlan
+from kvmmgr.vm.qemu import VNC_PASSWORD_FILE, FirmwarePlan, QemuPlan
+
+
+def ensure_efi_vars(firmware: FirmwarePlan | None) -> str:
+    """The VM's UEFI variables: made once from OVMF's template, kept on its volume after
+    (boot entries, Secure Boot state). What was done, for the log."""
+    if firmware is None:
+        return ""
+    if firmware.vars.exists():
+        return f"UEFI variables {firmware.vars} (kept)"
+    try:
+        data = firmware.vars_template.read_bytes()
+    except OSError as exc:
+        raise StepError(f"cannot read OVMF's {firmware.vars_template}: {exc.strerror}") from exc
+    write_atomic(firmware.vars, data, mode=0o600)
+    return f"UEFI variables {firmware.vars} (made from {firmware.vars_template.name})"
 
 
 def write_vnc_password(plan: QemuPlan, password: str | None) -> None:

@@ -9,8 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, assert_never
+from uuid import UUID
 
+from kvmmgr.config import DiskBus, Firmware, Machine, NicModel
+from kvmmgr.image.disks import DiskPlan
 from kvmmgr.net.nics import BridgeLink, MacvtapLink, NatLink, NicPlan
+from kvmmgr.vm.buses import Drive, disk_args
 
 QEMU = "qemu-system-x86_64"
 QMP_SOCKET = "qmp.sock"  # in RUN_DIR
@@ -19,6 +23,42 @@ AGENT_CHARDEV = "qga0"
 AGENT_SOCKET = "qga.sock"  # in RUN_DIR
 VNC_SECRET_ID = "vncpass"
 VNC_PASSWORD_FILE = "vnc-password"  # in RUN_DIR, beside the QMP socket
+OVMF = Path("/usr/share/OVMF")  # Debian's ovmf package
+NIC_DEVICES: dict[NicModel, str] = {
+    "virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
+    "rtl8139": "rtl8139", "vmxnet3": "vmxnet3",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FirmwarePlan:
+    """UEFI: OVMF's code (read-only, the package's), and the VM's own variables, kept on its
+    volume beside its disk (boot entries, Secure Boot keys), made once from a template."""
+
+    code: Path
+    vars_template: Path
+    vars: Path
+
+
+@dataclass(frozen=True)
+class HardwarePlan:
+    machine: Machine
+    firmware: Firmware
+    secure_boot: bool
+    disk_bus: DiskBus
+    nic_model: NicModel
+    cpu_model: str
+    serial: str  # SMBIOS system serial
+    uuid: UUID  # SMBIOS system UUID
+
+    def firmware_files(self, vm_dir: Path, hostname: str) -> FirmwarePlan | None:
+        if self.firmware == "bios":
+            return None
+        if self.secure_boot:  # with Microsoft's keys enrolled, as on most PCs
+            code, template = "OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"
+        else:
+            code, template = "OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"
+        return FirmwarePlan(OVMF / code, OVMF / template, vm_dir / f"{hostname}.efivars.fd")
 
 
 @dataclass(frozen=True)
@@ -36,12 +76,14 @@ class QemuPlan:
     agent_socket: Path  # the guest agent's channel, whether or not the guest runs one
     vnc_password_file: Path | None  # written at start from VNC_PASSWORD, never in argv
     macvtaps: tuple[tuple[str, int], ...]  # (macvtap, the fd QEMU expects its device on)
+    firmware: FirmwarePlan | None = None  # UEFI's files; None: BIOS
 
 
 def build_qemu(
     vm: VmPlan,
+    hardware: HardwarePlan,
     *,
-    overlay: Path,
+    disks: DiskPlan,
     config_drive: Path | None,
     nics: Sequence[NicPlan],
     vhost: bool,
@@ -51,11 +93,14 @@ def build_qemu(
     extra_args: Sequence[str],
 ) -> QemuPlan:
     password_file = run_dir / VNC_PASSWORD_FILE if vnc and vnc_password else None
+    firmware = hardware.firmware_files(disks.overlay.parent, vm.hostname)
+    drives = [Drive(disks.overlay, "qcow2")]
+    drives += [Drive(d.path, d.format, d.serial) for d in disks.data]
     argv = [
-        *_machine(vm),
+        *_machine(vm, hardware, firmware),
         *_control(run_dir),
-        *_disks(overlay, config_drive),
-        *_nics(nics, vhost),
+        *disk_args(hardware.disk_bus, hardware.machine, drives, config_drive),
+        *_nics(nics, vhost, NIC_DEVICES[hardware.nic_model]),
         "-device",
         "virtio-rng-pci",
         *_display(vnc, password_file),
@@ -65,24 +110,34 @@ def build_qemu(
         (nic.link.macvtap, nic.link.fd) for nic in nics if isinstance(nic.link, MacvtapLink)
     )
     return QemuPlan(
-        tuple(argv), run_dir / QMP_SOCKET, run_dir / AGENT_SOCKET, password_file, macvtaps
-    )
+        tuple(argv), run_dir / QMP_SOCKET, run_dir / AGENT_SOCKET, password_file, macvtaps,
+        firmware,
+    )  # fmt: skip
 
 
-def _machine(vm: VmPlan) -> list[str]:
-    return [
+def _machine(vm: VmPlan, hardware: HardwarePlan, firmware: FirmwarePlan | None) -> list[str]:
+    machine = hardware.machine + (",smm=on" if hardware.secure_boot else "")
+    serial = hardware.serial.replace(",", ",,")  # QEMU's option syntax doubles a comma
+    argv = [
         QEMU,
         "-name", f"guest={vm.hostname},debug-threads=on",
-        "-machine", "pc",
+        "-machine", machine,
         "-accel", vm.accel,
-        # TCG emulates `host` poorly; qemu64 is what every legacy guest knows.
-        "-cpu", "host" if vm.accel == "kvm" else "qemu64",
+        "-cpu", hardware.cpu_model,
         "-m", str(vm.memory_mib),
         "-smp", str(vm.cpus),
         "-nodefaults",
         "-no-user-config",
         "-rtc", "base=utc",
+        "-uuid", str(hardware.uuid),
+        "-smbios", f"type=1,serial={serial},uuid={hardware.uuid}",
     ]  # fmt: skip
+    if firmware is not None:
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={firmware.code}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={firmware.vars}"]
+    if hardware.secure_boot:  # the variables may be written only from SMM
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    return argv
 
 
 def _control(run_dir: Path) -> list[str]:
@@ -101,20 +156,10 @@ def _control(run_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _disks(overlay: Path, config_drive: Path | None) -> list[str]:
-    argv = [
-        "-drive", f"file={overlay},if=none,id=disk0,format=qcow2,discard=unmap",
-        "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
-    ]  # fmt: skip
-    if config_drive is not None:
-        drive = f"file={config_drive},if=none,id=cidata,media=cdrom,readonly=on,format=raw"
-        argv += ["-drive", drive, "-device", "ide-cd,drive=cidata"]
-    return argv
-
-
-def _nics(nics: Sequence[NicPlan], vhost: bool) -> list[str]:
-    # vhost only when /dev/vhost-net opens: QEMU 7.2 aborts if asked for it without.
-    vhost_option = f"vhost={'on' if vhost else 'off'}"
+def _nics(nics: Sequence[NicPlan], vhost: bool, device: str) -> list[str]:
+    # vhost only when /dev/vhost-net opens (QEMU 7.2 aborts if asked for it without), and
+    # for virtio NICs: the other models are emulated by QEMU itself.
+    vhost_option = f"vhost={'on' if vhost and device == 'virtio-net-pci' else 'off'}"
     argv = []
     for nic in nics:
         netdev = f"net{nic.index}"
@@ -126,7 +171,7 @@ def _nics(nics: Sequence[NicPlan], vhost: bool) -> list[str]:
             case unknown:
                 assert_never(unknown)
         argv += ["-netdev", f"{backend},{vhost_option}"]
-        argv += ["-device", f"virtio-net-pci,netdev={netdev},mac={nic.guest.mac}"]
+        argv += ["-device", f"{device},netdev={netdev},mac={nic.guest.mac}"]
     return argv
 
 

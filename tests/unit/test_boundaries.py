@@ -15,7 +15,8 @@ PLANNING = (
     "kvmmgr.config", "kvmmgr.values", "kvmmgr.errors", "kvmmgr.facts", "kvmmgr.plan",
     "kvmmgr.net.model", "kvmmgr.net.nics", "kvmmgr.net.firewall", "kvmmgr.net.dhcp",
     "kvmmgr.net.dhcpguard", "kvmmgr.image.sources", "kvmmgr.image.disks", "kvmmgr.image.unpack",
-    "kvmmgr.guest.cloudconfig", "kvmmgr.guest.formats", "kvmmgr.guest.drive", "kvmmgr.vm.qemu",
+    "kvmmgr.image.appliance", "kvmmgr.guest.cloudconfig", "kvmmgr.guest.formats",
+    "kvmmgr.guest.drive", "kvmmgr.vm.qemu", "kvmmgr.vm.buses", "kvmmgr.vm.hardware",
 )  # fmt: skip
 # Modules that act: processes, sockets, the kernel's network, files on disk.
 ACTING = {
