@@ -50,17 +50,23 @@ def ovf(
         'specifications/vmdk.html#streamOptimized"/>'
         for n, (_, capacity) in enumerate(disks)
     )
+    memory = (
+        "<rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>"
+        f"<rasd:VirtualQuantity>{memory_mib}</rasd:VirtualQuantity>"
+    )
     items = [
         _item(1, 3, "Virtual CPUs", f"<rasd:VirtualQuantity>{cpus}</rasd:VirtualQuantity>"),
-        _item(2, 4, "Memory", "<rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>"
-              f"<rasd:VirtualQuantity>{memory_mib}</rasd:VirtualQuantity>"),
-        _item(3, kind, "Disk controller", f"<rasd:ResourceSubType>{subtype}</rasd:ResourceSubType>"),
-    ]  # fmt: skip
+        _item(2, 4, "Memory", memory),
+        _item(
+            3, kind, "Disk controller", f"<rasd:ResourceSubType>{subtype}</rasd:ResourceSubType>"
+        ),
+    ]
     for n in range(len(disks)):
-        items.append(
-            _item(10 + n, 17, f"Hard disk {n + 1}", f"<rasd:AddressOnParent>{n}</rasd:AddressOnParent>"
-                  f"<rasd:HostResource>ovf:/disk/vmdisk{n}</rasd:HostResource><rasd:Parent>3</rasd:Parent>")
-        )  # fmt: skip
+        where = (
+            f"<rasd:AddressOnParent>{n}</rasd:AddressOnParent>"
+            f"<rasd:HostResource>ovf:/disk/vmdisk{n}</rasd:HostResource><rasd:Parent>3</rasd:Parent>"
+        )
+        items.append(_item(10 + n, 17, f"Hard disk {n + 1}", where))
     for n, model in enumerate(nics):
         items.append(
             _item(20 + n, 10, f"Network adapter {n + 1}",
