@@ -33,11 +33,12 @@ LABEL org.opencontainers.image.title="kvm-manager" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="debian:bookworm-slim"
 # qemu-system-x86 without its recommends leaves out the GUI; seabios and ipxe-qemu (BIOS and
-# the virtio-net boot ROM) come as dependencies. iptables brings the legacy libxtables that
-# python-iptables drives; nftables keeps DHCP inside the pod in bridge and macvtap modes.
+# the virtio-net boot ROM) come as dependencies; ovmf is the UEFI firmware (VM_FIRMWARE=uefi).
+# iptables brings the legacy libxtables that python-iptables drives; nftables keeps DHCP
+# inside the pod in bridge and macvtap modes.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 qemu-system-x86 qemu-utils dnsmasq-base iptables nftables ca-certificates \
+      python3 qemu-system-x86 qemu-utils ovmf dnsmasq-base iptables nftables ca-certificates \
  && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
 COPY --from=build /opt/kvm-manager /opt/kvm-manager
 # Downloads trust Debian's CA store, so a derived image adds a CA the Debian way

@@ -23,7 +23,7 @@ CMDLINE="console=ttyS0 panic=-1 quiet"
 GUEST_IPERF3=${GUEST_IPERF3:-0}
 # Loaded in this order (plus dependencies) by init.sh. Built in (=y) in Debian's config and so not
 # listed: ACPI, af_packet, unix, ipv6, devtmpfs, 8250 serial, i8042/atkbd, nls (utf8 default).
-MODULES="virtio_pci virtio_net virtio_blk virtio_scsi e1000
+MODULES="virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e 8139cp vmxnet3
 	sr_mod sd_mod ata_piix ahci isofs vfat nls_cp437 nls_iso8859_1 nls_utf8 nls_ascii
 	button evdev"
 export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin MTOOLS_SKIP_CHECK=1 DEBIAN_FRONTEND=noninteractive
@@ -40,10 +40,12 @@ apt_install() {
 }
 missing=()
 for pair in busybox:busybox-static mkfs.vfat:dosfstools syslinux:syslinux mcopy:mtools \
-	qemu-img:qemu-utils cpio:cpio depmod:kmod modprobe:kmod gzip:gzip gcc:gcc; do
+	qemu-img:qemu-utils cpio:cpio depmod:kmod modprobe:kmod gzip:gzip gcc:gcc \
+	grub-mkstandalone:grub-common; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ "$GUEST_IPERF3" = 1 ] && ! command -v iperf3 >/dev/null 2>&1; then missing+=(iperf3); fi
+[ -d /usr/lib/grub/x86_64-efi ] || missing+=(grub-efi-amd64-bin)   # the UEFI loader's modules
 [ ${#missing[@]} = 0 ] || apt_install $(printf '%s\n' "${missing[@]}" | sort -u)
 # static linking needs libc.a (libc6-dev), which a bare gcc install does not bring
 [ -f "$(gcc -print-file-name=libc.a)" ] || apt_install libc6-dev
@@ -178,6 +180,22 @@ LABEL linux
   APPEND $CMDLINE
 CFG
 mcopy -i "$RAW" "$W/syslinux.cfg" ::/syslinux.cfg
+# UEFI: GRUB as the removable-media loader, EFI/BOOT/BOOTX64.EFI; it boots the kernel from the
+# disk it was itself loaded from ($cmdpath is "(hd0)/EFI/BOOT").
+cat >"$W/grub.cfg" <<CFG
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+regexp --set=1:root '^\(([^)]*)\)' "\$cmdpath"
+set gfxpayload=text
+linux /vmlinuz $CMDLINE
+initrd /initrd.gz
+boot
+CFG
+grub-mkstandalone -O x86_64-efi --locales= --fonts= --themes= -o "$W/BOOTX64.EFI" "boot/grub/grub.cfg=$W/grub.cfg"
+mmd -i "$RAW" ::/EFI ::/EFI/BOOT
+mcopy -i "$RAW" "$W/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$RAW" "$VMLINUZ" ::/vmlinuz
 mcopy -i "$RAW" "$W/initrd.gz" ::/initrd.gz
 qemu-img convert -c -O qcow2 "$RAW" "$W/guest.qcow2"

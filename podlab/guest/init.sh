@@ -107,16 +107,58 @@ else
 	mark NO_CFGDRIVE
 fi
 
-# Persistent disk: the boot disk itself (FAT superfloppy, no partition table), read-write.
+# Persistent disk: the boot disk itself (FAT superfloppy labelled KVMTEST, no partition table),
+# read-write, on whatever bus it came: /dev/vda (virtio), /dev/sda (virtio-scsi, SATA, IDE).
+fat_label() {   # the FAT volume label of device $1 (FAT12/16: offset 43)
+	dd if="$1" bs=1 skip=43 count=11 2>/dev/null | tr -d ' \000'
+}
+BOOT=
 i=0
-while [ ! -b /dev/vda ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+while [ -z "$BOOT" ] && [ $i -lt 30 ]; do
+	for d in /dev/vd[a-z] /dev/sd[a-z]; do
+		[ -b "$d" ] && [ "$(fat_label "$d")" = KVMTEST ] && { BOOT=$d; break; }
+	done
+	[ -n "$BOOT" ] || { sleep 0.1; i=$((i + 1)); }
+done
+BOOT_NAME=${BOOT#/dev/}
 # sync(2) on FAT sends no cache flush to the disk, so with QEMU's default writeback cache a
 # "sync" then kill -9 of QEMU loses the qcow2 metadata of new clusters (the file is gone on
-# the next boot). Switching the virtio disk to write-through makes QEMU flush every write.
-echo "write through" >/sys/block/vda/cache_type 2>/dev/null || log "cannot make /dev/vda write-through"
+# the next boot). Switching the disk to write-through makes QEMU flush every write.
+for cache in /sys/block/$BOOT_NAME/cache_type /sys/block/$BOOT_NAME/device/scsi_disk/*/cache_type; do
+	[ -e "$cache" ] && echo "write through" >"$cache" 2>/dev/null
+done
 M=no
-mount -t vfat -o rw,utf8 /dev/vda /mnt/disk 2>/dev/null && M=yes
-mark DISK dev=/dev/vda mounted=$M
+[ -n "$BOOT" ] && mount -t vfat -o rw,utf8 "$BOOT" /mnt/disk 2>/dev/null && M=yes
+mark DISK dev=${BOOT:-none} mounted=$M
+
+# The virtual hardware, as the guest sees it: the drivers from the boot disk up to its PCI
+# controller, the NIC's driver, the SMBIOS identity, the disk's size, UEFI or not, and every
+# other disk with its serial number and size.
+drivers() {   # the drivers of $1 and of every device above it, nearest first, once each
+	p=$(readlink -f "$1") out=
+	while [ "$p" != / ] && [ -n "$p" ]; do
+		[ -e "$p/driver" ] && out="$out,$(basename "$(readlink "$p/driver")")"
+		p=${p%/*}
+	done
+	echo "${out#,}"
+}
+disk_serial() {   # virtio-blk: sysfs "serial"; SCSI and ATA disks: VPD page 0x80 after its header
+	s=$(cat "$1/serial" 2>/dev/null || tail -c +5 "$1/device/vpd_pg80" 2>/dev/null | tr -d ' \000')
+	echo "${s:--}"
+}
+read -r SECTORS </sys/block/$BOOT_NAME/size 2>/dev/null || SECTORS=0
+DATA=
+for b in /sys/block/vd[a-z] /sys/block/sd[a-z]; do
+	[ -e "$b" ] && [ "${b##*/}" != "$BOOT_NAME" ] || continue
+	read -r n <"$b/size"
+	serial=$(disk_serial "$b")
+	DATA="$DATA,${b##*/}:$serial:$((n * 512))"
+done
+[ -d /sys/firmware/efi ] && EFI=yes || EFI=no
+mark HW disk=$BOOT_NAME disk_drivers=$(drivers /sys/block/$BOOT_NAME/device) \
+	disk_bytes=$((SECTORS * 512)) nic=$(basename "$(readlink /sys/class/net/eth0/device/driver 2>/dev/null)") \
+	serial=$(tr ' ' _ </sys/class/dmi/id/product_serial 2>/dev/null) \
+	uuid=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null) efi=$EFI data=${DATA#,}
 
 # Wait for the first lease (the udhcpc script prints KVMTEST_DHCP and touches /run/dhcp.bound).
 if [ $LINK = yes ]; then
