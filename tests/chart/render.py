@@ -101,6 +101,26 @@ VALUE_SETS: dict[str, Values] = {
     "vnc-password-secret": with_source(
         {"vnc": {"passwordSecret": {"name": "vm-vnc", "key": "pw"}, "password": "ignored"}}
     ),
+    "data-disks": with_source(
+        {
+            "disk": {"size": "40Gi"},
+            "vm": {"dataDisks": [{"size": "10Gi"}, {"claim": {"size": "100Gi"}}]},
+            "vms": {
+                "legacy": {
+                    "vm": {
+                        "machine": "pc",
+                        "diskBus": "ide",
+                        "nicModel": "rtl8139",
+                        "cpuModel": "pentium3",
+                        "dataDisks": [
+                            {"claim": {"size": "2Gi", "volumeMode": "Filesystem"}},
+                            {"claim": {"size": "8Gi", "storageClass": "-"}},
+                        ],
+                    }
+                }
+            },
+        }
+    ),
     "everything": with_source(
         {
             "vm": {
@@ -121,6 +141,26 @@ VALUE_SETS: dict[str, Values] = {
                 "dhcp": False,
                 "dnsmasqOpts": "--log-queries --dhcp-option=42,10.0.0.1",
                 "readiness": "tcp:3389",
+                "machine": "q35",
+                "firmware": "uefi",
+                "secureBoot": True,
+                "diskBus": "sata",
+                "nicModel": "e1000e",
+                "cpuModel": "Westmere",
+                "serial": "CZC1234XYZ",
+                "uuid": "4c4c4544-0042-3610-8030-b8c04f4d4b31",
+                "dataDisks": [
+                    {"size": "10G"},
+                    {"path": "/vm/scratch.img"},
+                    {"claim": {"size": "50Gi", "storageClass": "fast", "volumeMode": "Block"}},
+                    {
+                        "claim": {
+                            "size": "5Gi",
+                            "volumeMode": "Filesystem",
+                            "accessModes": ["ReadWriteOncePod"],
+                        }
+                    },
+                ],
             },
             "cloudInit": {"format": "nocloud", "metadata": {"role": "all"}},
             "debug": True,

@@ -216,12 +216,56 @@ The kvm-manager container's environment (context: a VM).
 - name: VM_CPUS
   value: {{ . | quote }}
 {{- end }}
-{{- with $vm.diskSize }}
+{{- if $vm.diskSize }}
 - name: VM_DISK_SIZE
-  value: {{ . | quote }}
+  value: {{ $vm.diskSize | quote }}
+{{- else if dig "diskSizeFromVolume" true $vm }}
+- name: VM_DISK_SIZE
+  value: {{ include "kvm-manager.diskSizeFromVolume" . | quote }}
+{{- end }}
+{{- with (include "kvm-manager.dataDisks" . | fromYaml).disks }}
+{{- $items := list }}
+{{- range . }}
+{{- $items = append $items .arg }}
+{{- end }}
+- name: VM_DATA_DISKS
+  value: {{ join " " $items | quote }}
 {{- end }}
 {{- with $vm.mac }}
 - name: VM_MAC
+  value: {{ . | quote }}
+{{- end }}
+{{- include "kvm-manager.checkHardware" . }}
+{{- with $vm.machine }}
+- name: VM_MACHINE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $vm.firmware }}
+- name: VM_FIRMWARE
+  value: {{ . | quote }}
+{{- end }}
+{{- if $vm.secureBoot }}
+- name: VM_SECURE_BOOT
+  value: "true"
+{{- end }}
+{{- with $vm.diskBus }}
+- name: VM_DISK_BUS
+  value: {{ . | quote }}
+{{- end }}
+{{- with $vm.nicModel }}
+- name: VM_NIC_MODEL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $vm.cpuModel }}
+- name: VM_CPU_MODEL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $vm.serial }}
+- name: VM_SERIAL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $vm.uuid }}
+- name: VM_UUID
   value: {{ . | quote }}
 {{- end }}
 {{- with $vm.ip }}
@@ -292,6 +336,130 @@ The kvm-manager container's environment (context: a VM).
 {{- with .v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+The combinations of virtual hardware that kvm-manager refuses, refused here first (context: a
+VM), so that a bad release fails at `helm install` rather than in a crash-looping pod.
+*/}}
+{{- define "kvm-manager.checkHardware" -}}
+{{- $vm := .v.vm }}
+{{- if $vm.secureBoot }}
+{{- if eq ($vm.firmware | default "") "bios" }}
+{{- fail (printf "VM %s: vm.secureBoot needs UEFI on q35, not vm.firmware \"bios\": set vm.firmware to uefi or leave it empty" .name) }}
+{{- end }}
+{{- if eq ($vm.machine | default "") "pc" }}
+{{- fail (printf "VM %s: vm.secureBoot needs UEFI on q35, not vm.machine \"pc\": set vm.machine to q35 or leave it empty" .name) }}
+{{- end }}
+{{- end }}
+{{- /* An empty machine is pc, or q35 with Secure Boot. */}}
+{{- $machine := $vm.machine | default "pc" }}
+{{- if and $vm.secureBoot (not $vm.machine) }}
+{{- $machine = "q35" }}
+{{- end }}
+{{- $bus := $vm.diskBus | default "" }}
+{{- if and (eq $bus "ide") (eq $machine "q35") }}
+{{- $why := ternary "vm.machine is q35" "vm.secureBoot makes the machine q35" (eq ($vm.machine | default "") "q35") }}
+{{- fail (printf "VM %s: vm.diskBus \"ide\" is not possible on q35, which has no IDE (%s): use sata, or the pc machine" .name $why) }}
+{{- end }}
+{{- if and (eq ($vm.cpuModel | default "") "host") (eq ($vm.accel | default "auto") "tcg") }}
+{{- fail (printf "VM %s: vm.cpuModel \"host\" needs KVM, not vm.accel \"tcg\": name a model (e.g. qemu64, Westmere) or leave it empty" .name) }}
+{{- end }}
+{{- /* Room besides the boot disk and the config drive's CD-ROM: of 6 AHCI ports, of 4 IDE units. */}}
+{{- $room := dict "sata" 4 "ide" 2 }}
+{{- $count := len ($vm.dataDisks | default list) }}
+{{- if and (hasKey $room $bus) (gt $count (index $room $bus)) }}
+{{- fail (printf "VM %s: vm.dataDisks has %d disks: the %s bus has room for %d besides the boot disk (use scsi or virtio for more)" .name $count $bus (index $room $bus)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+One VM's data disks (context: a VM), as YAML {disks: [...]} in the order of vm.dataDisks, each
+with `arg`, its item of VM_DATA_DISKS. A `size` entry is also `size` (the disk kvm-manager
+makes on /vm); a `claim` entry also has `claim` (its volumeClaimTemplate) and `device` or
+`mount`. The n-th claim entry (n from 1) is the claim data-<n>: in Block mode the device
+/dev/kvmmgr-data<n>; in Filesystem mode mounted at /data/<n>, the disk being the file
+/data/<n>/disk.img there (the user's to put there).
+*/}}
+{{- define "kvm-manager.dataDisks" -}}
+{{- $disks := list }}
+{{- $n := 0 }}
+{{- range .v.vm.dataDisks }}
+{{- if .claim }}
+{{- $n = add1 $n }}
+{{- $claim := dict "name" (printf "data-%d" $n) "size" .claim.size "storageClass" (.claim.storageClass | default "") "volumeMode" (.claim.volumeMode | default "Block") "accessModes" (.claim.accessModes | default (list "ReadWriteOnce")) }}
+{{- if eq $claim.volumeMode "Block" }}
+{{- $device := printf "/dev/kvmmgr-data%d" $n }}
+{{- $disks = append $disks (dict "arg" $device "claim" $claim "device" $device) }}
+{{- else }}
+{{- $mount := printf "/data/%d" $n }}
+{{- $disks = append $disks (dict "arg" (printf "%s/disk.img" $mount) "claim" $claim "mount" $mount) }}
+{{- end }}
+{{- else if .path }}
+{{- $disks = append $disks (dict "arg" .path) }}
+{{- else if .size }}
+{{- $disks = append $disks (dict "arg" (toString .size) "size" (toString .size)) }}
+{{- else }}
+{{- fail (printf "VM %s: each vm.dataDisks entry needs one of size, path or claim" $.name) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "disks" $disks) }}
+{{- end }}
+
+{{/*
+The default VM_DISK_SIZE (context: a VM): what the VM's volume can hold, as "<MiB>M".
+  disk.size, a Kubernetes quantity (20Gi, 20G, 500Mi, 1.5Ti, 21474836480) in bytes B,
+  less a reserve of 8% of B (rounded up) + 128 MiB: the volume's filesystem takes its share
+    before the VM gets any (ext4: 5% reserved for root, ~2% inodes and journal; measured on
+    fresh ext4 volumes of 512 MiB to 4 TiB it takes 5.8% to 11.9%, less than the reserve),
+    and qcow2 needs room for its tables (~0.02% of the disk),
+  less the data disks made on the same volume (vm.dataDisks' `size` entries, in whole MiB),
+  rounded down to whole MiB, at most 64 TiB (kvm-manager's limit). 20Gi: 18713M.
+kvm-manager refuses a size beyond the volume's free space, so the reserve must not be less
+than what the filesystem takes; it also refuses a size below the base image's virtual size,
+which the chart cannot know (vm.diskSizeFromVolume: false then).
+*/}}
+{{- define "kvm-manager.diskSizeFromVolume" -}}
+{{- $mib := 1048576 }}
+{{- $max := 70368744177664 }}
+{{- $quantity := toString .v.disk.size }}
+{{- $fix := "raise it, set vm.diskSize, or set vm.diskSizeFromVolume to false (the base image's size)" }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?([KMGTPE]i|[kKMGTPE])?$" $quantity) }}
+{{- fail (printf "VM %s: disk.size %q is not a quantity the chart can size the VM's disk from (VM_DISK_SIZE): expected e.g. 20Gi, 20G or 500Mi; or set vm.diskSize, or vm.diskSizeFromVolume to false" .name $quantity) }}
+{{- end }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $quantity }}
+{{- $units := dict "" 1 "k" 1000 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "E" 1000000000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "Ei" 1152921504606846976 }}
+{{- $unit := index $units (trimPrefix $number $quantity) }}
+{{- $result := $max }}
+{{- /* Beyond 1 PiB the result is more than 64 TiB anyway (and int64 could overflow). */}}
+{{- if le (mulf $number $unit) 1125899906842624.0 }}
+{{- $whole := regexReplaceAll "^0*([0-9])" (regexReplaceAll "\\..*$" $number "") "${1}" | atoi }}
+{{- $fraction := regexFind "\\.[0-9]+$" $number }}
+{{- $bytes := mul $whole $unit }}
+{{- if $fraction }}
+{{- $bytes = add $bytes (mulf (printf "0%s" $fraction) $unit | floor | int64) }}
+{{- end }}
+{{- $left := sub $bytes (add (div (add (mul $bytes 8) 99) 100) (mul 128 $mib)) }}
+{{- $sized := false }}
+{{- range (include "kvm-manager.dataDisks" . | fromYaml).disks }}
+{{- with .size }}
+{{- $sized = true }}
+{{- $digits := regexReplaceAll "^0*([0-9])" (regexFind "^[0-9]+" .) "${1}" }}
+{{- $binary := index (dict "" 1 "K" 1024 "M" 1048576 "G" 1073741824 "T" 1099511627776) (regexFind "[KMGTkmgt]" . | upper) }}
+{{- if gt (mulf $digits $binary) (float64 $max) }}
+{{- fail (printf "VM %s: vm.dataDisks size %q: at most 64 TiB (kvm-manager refuses more)" $.name .) }}
+{{- end }}
+{{- /* kvm-manager rounds a size up to whole MiB. */}}
+{{- $left = sub $left (mul (div (add (mul (atoi $digits) $binary) (sub $mib 1)) $mib) $mib) }}
+{{- end }}
+{{- end }}
+{{- if lt $left $mib }}
+{{- $what := ternary ", and the size data disks made on it" "" $sized }}
+{{- fail (printf "VM %s: disk.size %s leaves no room for the VM's disk (VM_DISK_SIZE) once 8%% + 128 MiB are kept for its filesystem and qcow2%s: %s" .name $quantity $what $fix) }}
+{{- end }}
+{{- $result = min (div $left $mib | mul $mib) $max }}
+{{- end }}
+{{- printf "%dM" (div $result $mib) }}
 {{- end }}
 
 {{/*
