@@ -213,6 +213,11 @@ class _Imports:
         self.ready.append((work, final))
 
     def commit(self, record: BaseRecord) -> None:
+        """Each disk made durable, then renamed: a crash never leaves a base whose blocks
+        are still only in the page cache (the one place that syncs what becomes a base, so
+        a received part that is then converted is never synced for nothing)."""
+        for work, _ in self.ready:
+            _fsync(work)
         for work, final in sorted(self.ready, key=lambda pair: pair[1] == self.base):
             os.chmod(work, 0o644)
             if final == self.base:
@@ -323,7 +328,11 @@ def _sha256_of(path: Path) -> str:
 
 def _fsync_dir(path: Path) -> None:
     """Make a rename in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(path, os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import IO, Any
 
 from kvmmgr.errors import StepError
 from kvmmgr.image import unpack
+from kvmmgr.image.hashing import BackgroundSha256
 from kvmmgr.image.progress import Progress, size
 from kvmmgr.system.files import write_atomic
 
@@ -84,7 +84,7 @@ class Receiver:
         self.synced = 0
         self._part: IO[bytes] | None = None
         self._out: IO[bytes] | None = None
-        self._hash: Any = None
+        self._hash: BackgroundSha256 | None = None
         self._unpacker: unpack.Unpacker | None = None
         self._head = b""  # the first bytes, until there are enough to tell compression
         self._decided = False
@@ -97,7 +97,7 @@ class Receiver:
         keep = min(keep, self.files.part.stat().st_size if self.files.part.exists() else 0)
         self._part = self.files.part.open("r+b" if keep else "wb")
         self._part.truncate(keep)
-        self._hash = hashlib.sha256() if self.hashing else None
+        self._hash = BackgroundSha256() if self.hashing else None
         self._unpacker = None
         self._head = b""
         self._decided = False
@@ -158,8 +158,7 @@ class Receiver:
             self._unpacker.finish()
         for handle in (self._part, self._out):
             if handle is not None:
-                handle.flush()
-                os.fsync(handle.fileno())
+                handle.flush()  # synced by the import, if it becomes a base (cache._Imports)
         image = self.files.unpacked if self.compression else self.files.part
         digest = self._hash.hexdigest() if self._hash is not None else None
         self.close()
@@ -170,6 +169,8 @@ class Receiver:
             if handle is not None:
                 handle.close()
         self._part = self._out = None
+        if self._hash is not None:
+            self._hash.stop()
 
 
 class GaveUp(StepError):
