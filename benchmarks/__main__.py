@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import boot, datapath, fetch, startup
+from benchmarks import boot, convert, datapath, fetch, startup
 
 
 def main() -> int:
@@ -25,6 +25,8 @@ def main() -> int:
          ["--guest", "debian", "--runs", "1" if quick else "5"]),
         ("Image download", fetch.main, ["--runs", "1" if quick else "3"]
          + (["--size-gib", "0.5"] if quick else [])),
+        ("Appliance import", convert.main, ["--runs", "1" if quick else "3"]
+         + (["--size-mib", "256"] if quick else [])),
     ]  # fmt: skip
     for title, run, args in suites:
         print(f"\n## {title}\n", flush=True)

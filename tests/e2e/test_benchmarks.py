@@ -17,6 +17,7 @@ SMALL = {
     "boot": ["--runs", "1"],
     "boot-debian": ["--runs", "1", "--guest", "debian"],
     "fetch": ["--runs", "1", "--size-gib", "0.05"],
+    "convert": ["--runs", "1", "--size-mib", "16"],
 }
 HEADERS = {
     "startup": "| **`kvm-manager setup`**, new pod |",
@@ -24,6 +25,7 @@ HEADERS = {
     "boot": "| `kvm-manager run` |",
     "boot-debian": "| `kvm-manager run` |",
     "fetch": "| kvm-manager fetch, IMG_SHA256 |",
+    "convert": "| export | qemu-img convert | cp, convert, sync | kvm-manager fetch |",
 }
 
 
