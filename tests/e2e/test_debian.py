@@ -26,20 +26,31 @@ RESPONDERS_LISTEN = (
     "grep -q . && exit 0; sleep 0.5; done; systemctl status kvmtest-http kvmtest-udpecho; exit 1"
 )
 HOSTNAME = "debian-e2e"  # the metadata's, not the pod's (kvmtest-0)
+# manage_etc_hosts: sudo looks its host name up, and the lab's pod nameservers never answer.
 CLOUD_CONFIG = """#cloud-config
+manage_etc_hosts: true
 write_files:
   - path: /etc/kvmtest/written
     content: "written by write_files\\n"
 runcmd:
   - [sh, -c, "echo runcmd $(cat /proc/sys/kernel/random/boot_id) >> /var/lib/kvmtest-runcmd"]
 """
+DATA_DISK = "/dev/disk/by-id/virtio-kvmdata1"  # VM_DATA_DISKS' first disk, by its serial
+# An appliance's data disk as user-data sets it up: made ext4 on the first boot that finds it
+# blank (bootcmd runs at every boot), and put in fstab by label (mounts).
+DATA_DISK_CONFIG = f"""bootcmd:
+  - [sh, -c, "blkid {DATA_DISK} || mkfs.ext4 -q -L kvmdata {DATA_DISK}"]
+mounts:
+  - [LABEL=kvmdata, /data, ext4, "defaults,nofail", "0", "2"]
+"""
 SCRIPT = '#!/bin/sh\necho "script ran as $(id -un)" > /var/lib/kvmtest-script\n'
 
 
-def user_data() -> str:
+def user_data(data_disk: bool) -> str:
     """A #cloud-config and a shell script, as MIME multipart (cloud-init runs both)."""
     message = MIMEMultipart()
-    message.attach(MIMEText(CLOUD_CONFIG, "cloud-config"))
+    config = CLOUD_CONFIG + (DATA_DISK_CONFIG if data_disk else "")
+    message.attach(MIMEText(config, "cloud-config"))
     message.attach(MIMEText(SCRIPT, "x-shellscript"))
     return message.as_string()
 
@@ -81,7 +92,7 @@ def _guest(lab: PodLab, tmp: Path, **env: str) -> Guest:
     (lab.volumes / "metadata").write_text(
         yaml.safe_dump({"hostname": HOSTNAME, "public_keys": [keys.public], "role": "e2e"})
     )
-    (lab.volumes / "userdata").write_text(user_data())
+    (lab.volumes / "userdata").write_text(user_data("VM_DATA_DISKS" in env))
     return Guest(lab, keys, **env)
 
 
@@ -151,7 +162,10 @@ def resolver(guest: Guest) -> tuple[list[str], list[str]]:
 
 
 class TestConfigDriveWithDhcp:
-    """The default: a config-2 drive, DHCP on. Then a container restart, then a shutdown."""
+    """The default: a config-2 drive, DHCP on, a data disk. Then a container restart, then a
+    shutdown."""
+
+    ENV: ClassVar[dict[str, str]] = {"VM_DATA_DISKS": "1G"}
 
     def test_cloud_init_reads_the_config_drive(self, guest: Guest) -> None:
         assert_cloud_init_did_its_job(guest, "DataSourceConfigDrive")
@@ -188,16 +202,23 @@ class TestConfigDriveWithDhcp:
         done = guest.lab.cli("status", "--ready", READINESS=readiness)
         assert done.returncode == status, done.stdout + done.stderr
 
+    def test_user_data_made_a_filesystem_on_the_data_disk(self, guest: Guest) -> None:
+        assert int(guest.sh(f"lsblk -bdno SIZE {DATA_DISK}")) == 1 << 30
+        mounted = guest.sh("findmnt -no SOURCE,FSTYPE,LABEL /data").split()
+        assert mounted[1:] == ["ext4", "kvmdata"], mounted
+        assert "LABEL=kvmdata" in guest.sh("cat /etc/fstab")
+
     def test_a_container_restart_keeps_the_instance_and_its_data(self, guest: Guest) -> None:
         instance = guest.sh("cat /var/lib/cloud/data/instance-id")
         boot_id = guest.sh("cat /proc/sys/kernel/random/boot_id")
-        guest.sh("echo kept | sudo tee /var/lib/kvmtest-data >/dev/null")
+        guest.sh("echo kept | sudo tee /var/lib/kvmtest-data /data/kept >/dev/null")
         size = int(guest.sh("df -B1 --output=size / | tail -1"))
         guest.restart(VM_DISK_SIZE="3G")  # raised at this start: the disk grows
         assert guest.sh("cat /proc/sys/kernel/random/boot_id") != boot_id  # a new boot...
         assert guest.sh("cat /var/lib/cloud/data/instance-id") == instance  # ...same instance
         assert len(guest.sh("cat /var/lib/kvmtest-runcmd").splitlines()) == 1  # no rerun
         assert guest.sh("cat /var/lib/kvmtest-data") == "kept\n"
+        assert guest.sh("cat /data/kept") == "kept\n"  # the data disk, mounted by fstab
         assert "disk: reusing" in guest.vm.log.text and "(grown from 2.0 GiB to 3.0 GiB)" in (
             guest.vm.log.text
         )
