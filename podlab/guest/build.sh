@@ -193,7 +193,8 @@ linux /vmlinuz $CMDLINE
 initrd /initrd.gz
 boot
 CFG
-grub-mkstandalone -O x86_64-efi --locales= --fonts= --themes= -o "$W/BOOTX64.EFI" "boot/grub/grub.cfg=$W/grub.cfg"
+grub-mkstandalone -O x86_64-efi --locales= --fonts= --themes= \
+	-o "$W/BOOTX64.EFI" "boot/grub/grub.cfg=$W/grub.cfg"
 mmd -i "$RAW" ::/EFI ::/EFI/BOOT
 mcopy -i "$RAW" "$W/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$RAW" "$VMLINUZ" ::/vmlinuz
