@@ -77,7 +77,7 @@ def make_plan(
         cpus=settings.vm.cpus or _from_ovf(appliance, "cpus") or pod.limits.cpus or DEFAULT_CPUS,
         accel=_accel(settings, pod, notes),
     )
-    hardware = build_hardware(settings.vm.hardware, appliance, vm, notes)
+    hardware = build_hardware(settings.vm, appliance, vm, len(nics), notes)
     disks = build_disks(settings.image, pod.hostname, base.data_disks)
     dhcp = _dhcp(settings, pod, nics, notes)
     config_drive = _config_drive(settings, pod, nics, inputs)

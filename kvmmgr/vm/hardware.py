@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from kvmmgr.config import DISK_BUSES, NIC_MODELS, DiskBus, Firmware, Hardware, NicModel
+from kvmmgr.config import DISK_BUSES, NIC_MODELS, DiskBus, Firmware, NicModel, VmSettings
 from kvmmgr.errors import ConfigError
 from kvmmgr.image.appliance import Appliance
 from kvmmgr.vm.qemu import HardwarePlan, VmPlan
@@ -16,10 +16,13 @@ SMBIOS_NAMESPACE = uuid.UUID("a3c6e1f2-5b7d-4f0e-9c1a-2d8b6e4f7a90")
 
 
 def build_hardware(
-    given: Hardware, appliance: Appliance | None, vm: VmPlan, notes: list[str]
+    settings: VmSettings, appliance: Appliance | None, vm: VmPlan, nic_count: int, notes: list[str]
 ) -> HardwarePlan:
+    """`vm`: memory and vCPUs already decided (an OVF's among them); `nic_count`: the NICs
+    the VM gets, one per attached pod interface."""
+    given = settings.hardware
     ovf = appliance or Appliance("", ())
-    taken: list[str] = []
+    taken = _sizes_taken(settings, ovf, vm)
     firmware: Firmware = given.firmware or ("uefi" if given.secure_boot else "bios")
     if given.firmware is None and ovf.firmware == "uefi":
         firmware = "uefi"
@@ -33,6 +36,11 @@ def build_hardware(
         taken.append(f"NIC model {nic}")
     if taken:
         notes.append(f"from the OVF of {ovf.name}: {', '.join(taken)} (VM_* settings override it)")
+    if len(ovf.nic_models) > nic_count:
+        notes.append(
+            f"the OVF of {ovf.name} declares {len(ovf.nic_models)} NICs: the VM gets "
+            f"{nic_count}, one per attached pod interface (ATTACH_IFACES)"
+        )
     if given.secure_boot and firmware != "uefi":
         raise ConfigError.bad_value(
             "VM_SECURE_BOOT", "true", "false without UEFI (VM_FIRMWARE=uefi)"
@@ -52,6 +60,15 @@ def build_hardware(
         serial=given.serial or f"KVM-{digest[:16].upper()}",
         uuid=given.uuid or uuid.uuid5(SMBIOS_NAMESPACE, vm.hostname),
     )
+
+
+def _sizes_taken(settings: VmSettings, ovf: Appliance, vm: VmPlan) -> list[str]:
+    taken = []
+    if settings.memory_mib is None and ovf.memory_mib == vm.memory_mib:
+        taken.append(f"memory {vm.memory_mib} MiB")
+    if settings.cpus is None and ovf.cpus == vm.cpus:
+        taken.append(f"{vm.cpus} vCPU{'s' if vm.cpus > 1 else ''}")
+    return taken
 
 
 def _bus(declared: str | None, machine: str) -> DiskBus | None:

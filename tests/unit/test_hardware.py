@@ -3,6 +3,7 @@ disks; an appliance's OVF as the defaults that the user's settings override."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from uuid import UUID
 
@@ -126,8 +127,13 @@ def test_an_ovf_sets_the_defaults_and_the_user_s_settings_win() -> None:
     hw = made.hardware
     assert (hw.disk_bus, hw.nic_model, hw.firmware) == ("ide", "e1000", "uefi")
     assert any(
-        "from the OVF of legacy: firmware uefi, disk bus ide, NIC model e1000" in n
+        "from the OVF of legacy: memory 768 MiB, 2 vCPUs, firmware uefi, disk bus ide, "
+        "NIC model e1000 (VM_* settings override it)" in n
         for n in made.notes
+    )
+    two_nics = dataclasses.replace(ovf, nic_models=("e1000", "e1000"))
+    assert "declares 2 NICs: the VM gets 1, one per attached pod interface" in " ".join(
+        _with(two_nics).notes
     )
     (data,) = made.disks.data
     assert (data.kind, data.backing) == ("overlay", Path("/image/base-disk2"))
