@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import struct
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -45,10 +47,19 @@ class Sniffed:
     detail: str = ""  # e.g. "stream-optimized", "dynamic"
 
 
+@contextmanager
+def _intact(what: str) -> Iterator[None]:
+    """A header cut short (a hostile or truncated file) is refused like any bad image."""
+    try:
+        yield
+    except struct.error:
+        raise StepError(f"{what}: its header is cut short: expected an intact image") from None
+
+
 def sniff(path: Path, what: str) -> Sniffed:
     """The image's format; StepError naming `what` when it names any other file, or is of a
     format that is not supported."""
-    with path.open("rb") as image:
+    with _intact(what), path.open("rb") as image:
         head = image.read(4096)
         size = image.seek(0, 2)
         for magic, name in OTHER_MAGICS.items():
@@ -83,7 +94,7 @@ def sniff(path: Path, what: str) -> Sniffed:
 def check_overlay(path: Path, what: str, base: Path) -> None:
     """The VM's own disk, found on its volume: a qcow2 backed by `base` and nothing else
     (whoever can write the volume could point it at any file of the pod)."""
-    with path.open("rb") as image:
+    with _intact(what), path.open("rb") as image:
         head = image.read(4096)
         if not head.startswith(b"QFI\xfb"):
             raise StepError(f"{what} is not a qcow2 image: expected the VM's own disk")

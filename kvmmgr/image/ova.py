@@ -14,6 +14,7 @@ import re
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -90,11 +91,19 @@ def parse_ovf(text: str, what: str) -> Appliance:
     )
 
 
-def _open(path: Path, what: str) -> tarfile.TarFile:
+@contextmanager
+def _open(path: Path, what: str) -> Iterator[tarfile.TarFile]:
+    """The tar, read lazily: a header or member cut short may show at any read in the block
+    (the cache's own write errors there are left to the import)."""
     try:
-        return tarfile.open(path, "r:")
-    except (tarfile.TarError, OSError) as exc:
+        tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by the with below)
+    except (tarfile.TarError, EOFError, OSError) as exc:
         raise StepError(f"{what} is not a readable tar (OVA): {exc}") from None
+    with tar:
+        try:
+            yield tar
+        except (tarfile.TarError, EOFError) as exc:
+            raise StepError(f"{what} is not a readable tar (OVA): {exc}") from None
 
 
 def _members(tar: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:

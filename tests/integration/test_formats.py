@@ -17,6 +17,7 @@ import pytest
 
 from kvmmgr.config import ImageSettings
 from kvmmgr.errors import StepError
+from kvmmgr.image import headers, ova
 from kvmmgr.image.cache import check_available, ensure_base
 from kvmmgr.image.disks import DiskPlan, build_disks
 from kvmmgr.image.sources import parse_source
@@ -312,3 +313,40 @@ def test_a_disk_of_the_vm_pointed_at_another_file_is_refused(tmp_path: Path, raw
     )  # fmt: skip
     with pytest.raises(StepError, match="is backed by '/etc/hostname': expected its base"):
         ensure_overlay(plan)
+
+
+def test_cut_and_mangled_images_are_refused_in_one_line_or_taken_never_a_traceback(
+    tmp_path: Path, raw: Path
+) -> None:
+    """Seeded mutations (truncations, flipped bytes, overwritten runs) of every format and of
+    an OVA, through the headers and the OVA reader: each ends in a StepError or a format."""
+    seeds = [
+        appliances.convert(raw, kind, tmp_path / f"seed-{kind}") for kind in appliances.FORMATS
+    ]
+    disk = appliances.convert(raw, "vmdk-stream", tmp_path / "disk1.vmdk")
+    seeds.append(
+        appliances.ova(tmp_path / "seed.ova", appliances.ovf([(disk.name, len(CONTENT))]), [disk])
+    )
+    heads = [path.read_bytes()[: 1 << 18] for path in seeds]  # every header is in there
+    rand = random.Random(16)
+    mangled, refused = tmp_path / "mangled", 0
+    for _ in range(1500):
+        data = bytearray(rand.choice(heads))
+        match rand.randrange(3):
+            case 0:
+                del data[rand.randrange(len(data)) :]
+            case 1:
+                for _ in range(rand.randrange(1, 16)):
+                    data[rand.randrange(len(data))] = rand.randrange(256)
+            case _:
+                at = rand.randrange(len(data))
+                data[at : at + 8] = rand.randbytes(8)
+        mangled.write_bytes(bytes(data))
+        try:
+            if headers.sniff(mangled, "mangled").format == "ova":
+                for member in ova.read(mangled, "mangled").disks:
+                    ova.extract(mangled, "mangled", member, tmp_path / "member")
+        except StepError as exc:
+            assert "\n" not in str(exc)
+            refused += 1
+    assert refused > 100  # the mutations did reach the checks
