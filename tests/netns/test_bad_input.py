@@ -165,6 +165,12 @@ CASES = [
     Case("unknown READINESS", {"READINESS": "ssh"}, "READINESS='ssh'"),
     Case("READINESS tcp without NAT", {"READINESS": "tcp:22", "NET_MODE": "bridge"}, "no NIC"),
     Case("VM_DISK_SIZE not a size", {"VM_DISK_SIZE": "big"}, "VM_DISK_SIZE='big'"),
+    Case("unknown VM_MACHINE", {"VM_MACHINE": "isapc"}, "VM_MACHINE='isapc'"),
+    Case("Secure Boot on pc", {"VM_SECURE_BOOT": "1", "VM_MACHINE": "pc"}, "VM_SECURE_BOOT="),
+    Case("IDE on q35", {"VM_DISK_BUS": "ide", "VM_MACHINE": "q35"}, "VM_DISK_BUS='ide'"),
+    Case("unknown VM_NIC_MODEL", {"VM_NIC_MODEL": "pcnet"}, "VM_NIC_MODEL='pcnet'"),
+    Case("VM_UUID not a UUID", {"VM_UUID": "not-a-uuid"}, "VM_UUID='not-a-uuid'"),
+    Case("relative data disk", {"VM_DATA_DISKS": "10G data.img"}, "VM_DATA_DISKS='data.img'"),
     Case(
         "VM_DISK_SIZE below the cached base's",
         {"VM_DISK_SIZE": "32M"},
