@@ -46,7 +46,12 @@ COPY --from=build /opt/kvm-manager /opt/kvm-manager
 ENV PATH=/opt/kvm-manager/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
-# The volumes a pod mounts: the shared image cache, the VM's disks, the runtime files.
-RUN mkdir -p /image /vm /run/kvmmgr
+# QEMU runs as this user once the setup is done (QEMU_USER), with no capability at all;
+# dnsmasq as Debian's dnsmasq user. The volumes a pod mounts: the shared image cache, the
+# VM's disks, the runtime files.
+RUN groupadd --system --gid 10107 kvmmgr-qemu \
+ && useradd --system --uid 10107 --gid kvmmgr-qemu --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin kvmmgr-qemu \
+ && mkdir -p /image /vm /run/kvmmgr
 ENTRYPOINT ["kvm-manager"]
 CMD ["run"]

@@ -5,6 +5,7 @@ start filled, as it would on a cluster after the first pod; each pod has its own
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import say, timed
+from kvmmgr.vm.qemu import AGENT_FD, AGENT_SOCKET, QMP_FD, QMP_SOCKET, TAP_FD_BASE
 from podlab import debian, guest
 from podlab.lab import KVM_MANAGER, KvmManager, PodLab
 from podlab.netns import Namespace
@@ -67,8 +69,7 @@ class GuestPods:
     def prepared_argv(self, lab: PodLab) -> list[str]:
         """Everything but QEMU made ready by `kvm-manager setup`; QEMU's argv."""
         done = timed(lab.net.pod.argv(KVM_MANAGER, "setup", "--json"), lab.env(**self.volumes(lab)))
-        argv: list[str] = json.loads(done.stdout)
-        return argv
+        return standalone(json.loads(done.stdout), lab.volumes / "run")
 
     def bare(self, lab: PodLab, argv: Sequence[str]) -> KvmManager:
         """QEMU started directly in the pod, as the container's main process."""
@@ -87,6 +88,25 @@ class GuestPods:
         drive = ("-drive", f"file={disk},if=none,id=disk0,format=qcow2")
         device = ("-device", "virtio-blk-pci,drive=disk0,bootindex=1")
         return self.bare(lab, (*USER_MODE, *drive, *device))
+
+
+def standalone(argv: Sequence[str], run_dir: Path) -> list[str]:
+    """setup's argv names the sockets and taps kvm-manager opens for QEMU before its exec by
+    file descriptor; bare QEMU, run as root, opens them itself by name."""
+    by_name = {
+        f"fd={QMP_FD}": f"path={run_dir / QMP_SOCKET}",
+        f"fd={AGENT_FD}": f"path={run_dir / AGENT_SOCKET}",
+    }
+    words = []
+    for word in argv:
+        named = word
+        for fd, name in by_name.items():
+            named = named.replace(f",{fd},", f",{name},")
+        tap = re.fullmatch(r"(tap,id=net(\d+)),fd=(\d+)(,.*)", named)
+        if tap and int(tap[3]) >= TAP_FD_BASE:  # a macvtap's device is not opened by name
+            named = f"{tap[1]},ifname=kvmtap{tap[2]},script=no,downscript=no{tap[4]}"
+        words.append(named)
+    return words
 
 
 def wait_ready(vm: KvmManager) -> None:

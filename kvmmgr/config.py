@@ -37,6 +37,8 @@ MAX_CPUS = 255  # QEMU's limit for the pc machine
 MAX_RETRIES = 100
 VNC_PASSWORD_MAX = 8  # bytes: VNC's authentication uses no more
 MAX_DATA_DISKS = 16
+# The unprivileged user QEMU runs as once the setup is done (the image creates it).
+DEFAULT_QEMU_USER = "kvmmgr-qemu"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class VmSettings:
     vnc_password: str | None = field(repr=False)
     readiness: Readiness
     hardware: Hardware = Hardware()
+    qemu_user: str = DEFAULT_QEMU_USER  # a user name, or UID:GID; never root
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ def load_vm(env: Mapping[str, str]) -> VmSettings:
         vnc_password=None if no_vnc else password,
         readiness=load_readiness(env),
         hardware=load_hardware(env),
+        qemu_user=values.run_as("QEMU_USER", get("QEMU_USER") or DEFAULT_QEMU_USER),
     )
 
 

@@ -7,6 +7,9 @@ from ipaddress import IPv4Network
 
 from kvmmgr.net.model import PodDns, PodInterface
 
+KVM = "/dev/kvm"
+VHOST_NET = "/dev/vhost-net"
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -18,6 +21,22 @@ class Limits:
 class Devices:
     kvm: bool  # /dev/kvm opens and the CPU advertises vmx/svm
     vhost_net: bool  # /dev/vhost-net opens; QEMU 7.2 crashes when asked for vhost without it
+    # How QEMU, which is not root, may open each device that opens: the group its mode lets
+    # read and write it (QEMU joins it); absent: everyone may; in root_only: nobody but root.
+    groups: tuple[tuple[str, int], ...] = ()
+    root_only: tuple[str, ...] = ()
+
+    def group_of(self, device: str) -> int | None:
+        return dict(self.groups).get(device)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who QEMU runs as: QEMU_USER, looked up in the container's /etc/passwd."""
+
+    name: str
+    uid: int
+    gid: int
 
 
 @dataclass(frozen=True)
@@ -28,3 +47,4 @@ class PodFacts:
     dns: PodDns
     limits: Limits
     devices: Devices
+    qemu_user: Identity

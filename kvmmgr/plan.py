@@ -15,7 +15,7 @@ from uuid import UUID
 
 from kvmmgr.config import Settings
 from kvmmgr.errors import ConfigError
-from kvmmgr.facts import PodFacts
+from kvmmgr.facts import KVM, VHOST_NET, PodFacts
 from kvmmgr.guest.drive import ConfigDrivePlan, DriveInputs, build_config_drive
 from kvmmgr.image.appliance import Appliance, BaseFacts
 from kvmmgr.image.disks import DiskPlan, build_disks
@@ -87,11 +87,13 @@ def make_plan(
         disks=disks,
         config_drive=config_drive.iso if config_drive else None,
         nics=nics,
-        vhost=pod.devices.vhost_net,
+        vhost=_vhost(pod, notes),
         vnc=settings.vm.vnc,
         vnc_password=settings.vm.vnc_password is not None,
         run_dir=settings.run_dir,
         extra_args=extra_qemu_args,
+        user=pod.qemu_user,
+        groups=_device_groups(pod, vm.accel),
     )
     network = settings.network
     return Plan(
@@ -212,6 +214,25 @@ def _accel(settings: Settings, pod: PodFacts, notes: list[str]) -> Literal["kvm"
         )
     notes.append("VM_ACCEL=auto: KVM is not usable here (no /dev/kvm or no vmx/svm): using TCG")
     return "tcg"
+
+
+def _vhost(pod: PodFacts, notes: list[str]) -> bool:
+    """vhost-net when QEMU, not root, may open it; it is only faster."""
+    devices = pod.devices
+    if devices.vhost_net and VHOST_NET in devices.root_only:
+        notes.append(
+            f"{VHOST_NET} opens only for root, and QEMU runs as {pod.qemu_user.name}: "
+            "vhost-net is off (give the device group or world read-write access for it)"
+        )
+        return False
+    return devices.vhost_net
+
+
+def _device_groups(pod: PodFacts, accel: str) -> tuple[int, ...]:
+    """The groups QEMU joins to open its devices (a world-usable device needs none)."""
+    used = [KVM] if accel == "kvm" else []
+    used += [VHOST_NET] if pod.devices.vhost_net else []
+    return tuple(g for g in map(pod.devices.group_of, used) if g is not None)
 
 
 def _plain(value: Any) -> Any:

@@ -21,11 +21,12 @@ from typing import Any
 
 from kvmmgr.config import NetworkSettings, Settings
 from kvmmgr.errors import ConfigError
-from kvmmgr.facts import Devices, Limits, PodFacts
+from kvmmgr.facts import Limits, PodFacts
 from kvmmgr.net.model import Attachment, PodDns, PodInterface, Route
 from kvmmgr.net.nics import LINK_TYPES
 from kvmmgr.net.podmemory import FILE_NAME as FORGOTTEN
-from kvmmgr.system.devices import opens
+from kvmmgr.system import users
+from kvmmgr.system.devices import devices, opens
 from kvmmgr.system.libload import load_iproute
 from kvmmgr.values import hostname as valid_hostname
 
@@ -44,7 +45,8 @@ def observe(settings: Settings, remembered: Mapping[str, PodInterface]) -> PodFa
         networks=networks,
         dns=parse_resolv_conf(_read_text("RESOLV_CONF", settings.network.resolv_conf)),
         limits=read_limits(),
-        devices=Devices(kvm=kvm_usable(), vhost_net=opens("/dev/vhost-net") is None),
+        devices=devices(kvm_usable()),
+        qemu_user=users.lookup(settings.vm.qemu_user),
     )
 
 

@@ -8,13 +8,19 @@ variable.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from kvmmgr.errors import PreconditionError, StepError
+from kvmmgr.facts import KVM
+from kvmmgr.net.dhcp import DNSMASQ_USER
 from kvmmgr.net.nics import MacvtapLink
 from kvmmgr.plan import Plan
 from kvmmgr.system import proc
+from kvmmgr.system.access import closed_directory
 from kvmmgr.system.devices import opens
 
 # Capability bits (linux/capability.h), and what each is needed for.
@@ -23,6 +29,11 @@ CAPABILITIES = {
     "NET_RAW": (13, "the raw socket iptables rules are written through"),
     "NET_BIND_SERVICE": (10, "dnsmasq's DHCP port 67"),
     "MKNOD": (27, "the device node QEMU opens for a macvtap"),
+    "CHOWN": (0, "the VM's files given to QEMU's group"),
+    "KILL": (5, "replacing a dnsmasq that runs as its own user"),
+    "SETGID": (6, "QEMU's and dnsmasq's change of group"),
+    "SETUID": (7, "QEMU's and dnsmasq's change of user"),
+    "SETPCAP": (8, "emptying QEMU's bounding set of capabilities"),
 }
 TUN_DEVICE = "/dev/net/tun"
 # Each is there once the node has loaded the module; a container cannot load it.
@@ -31,11 +42,13 @@ IPTABLES_MODULES = {4: ("ip_tables_names", "ip_tables"), 6: ("ip6_tables_names",
 
 def check(
     plan: Plan,
+    volumes: Sequence[Path],
     status_file: Path = Path("/proc/self/status"),
     proc_net: Path = Path("/proc/net"),
 ) -> None:
     """Raise PreconditionError for the first thing the startup path would miss."""
-    needed = ["NET_ADMIN", "NET_RAW"] + (["NET_BIND_SERVICE"] if plan.dhcp else [])
+    needed = ["NET_ADMIN", "NET_RAW", "CHOWN", "SETGID", "SETUID", "SETPCAP"]
+    needed += ["NET_BIND_SERVICE", "KILL"] if plan.dhcp else []
     if plan.qemu.macvtaps:
         needed.append("MKNOD")
     _check_capabilities(status_file, needed)
@@ -57,6 +70,7 @@ def check(
         if shutil.which(program) is None:
             raise PreconditionError(f"{program}: not found on PATH: expected it installed")
     _check_hardware(plan)
+    _check_qemu_user(plan, volumes)
     writable = [plan.qemu.qmp_socket.parent]
     if not plan.disks.overlay.exists():
         writable.append(plan.disks.overlay.parent)
@@ -86,6 +100,33 @@ def _check_hardware(plan: Plan) -> None:
             f"VM_CPU_MODEL={model!r}: not a CPU model of this QEMU (`{plan.qemu.argv[0]} -cpu "
             "help` lists them)"
         )
+
+
+def _check_qemu_user(plan: Plan, volumes: Sequence[Path]) -> None:
+    """QEMU, not root, must reach its files and open /dev/kvm; dnsmasq's user must exist."""
+    qemu = plan.qemu
+    for file in qemu.files:
+        closed = closed_directory(file.path, qemu.user, qemu.groups, volumes)
+        if closed is not None:
+            mode = stat.filemode(closed.stat().st_mode)
+            raise PreconditionError(
+                f"{closed}: QEMU runs as {qemu.user.name} and cannot pass this directory "
+                f"({mode}) to reach {file.path}: expected it searchable by all (o+x)"
+            )
+    if plan.vm.accel == "kvm" and KVM in plan.pod.devices.root_only:
+        raise PreconditionError(
+            f"{KVM}: only root may open it, and QEMU runs as {qemu.user.name}: expected the "
+            "device readable and writable by its group or by all (as the KVM device plugin "
+            "gives it), or VM_ACCEL=tcg"
+        )
+    if plan.dhcp is not None:
+        try:
+            pwd.getpwnam(DNSMASQ_USER)
+        except KeyError:
+            raise PreconditionError(
+                f"user {DNSMASQ_USER!r}: missing from /etc/passwd: expected the user dnsmasq "
+                "runs as (Debian's dnsmasq-base package creates it)"
+            ) from None
 
 
 def _cpu_models(qemu: str) -> set[str]:

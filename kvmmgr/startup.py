@@ -17,14 +17,17 @@ from pathlib import Path
 
 from kvmmgr import pod, preflight
 from kvmmgr.config import Settings
+from kvmmgr.facts import PodFacts
 from kvmmgr.guest import inputs, iso
 from kvmmgr.guest.drive import DriveInputs
 from kvmmgr.image import cache, overlay
+from kvmmgr.image.appliance import BaseFacts
 from kvmmgr.image.disks import build_disks
 from kvmmgr.net import dnsmasq, iptables, links, nftables, podmemory
 from kvmmgr.net.model import PodInterface
 from kvmmgr.net.nics import NatLink, NicPlan
 from kvmmgr.plan import Plan, make_plan
+from kvmmgr.system import access
 from kvmmgr.system.files import ensure_private_dir
 from kvmmgr.vm import launch
 
@@ -58,10 +61,23 @@ def prepare(settings: Settings, extra_qemu_args: Sequence[str] = ()) -> Plan:
     return _prepare(settings, extra_qemu_args)[0]
 
 
-def _prepare(settings: Settings, extra_qemu_args: Sequence[str]) -> tuple[Plan, Context]:
+def replan(settings: Settings) -> Plan:
+    """The plan of the VM that runs, made again from the same environment as a restart would
+    make it (the interfaces it took come from RUN_DIR's memory of them), for `status` to
+    check its parts against. Changes nothing. The drive's inputs are not read: no part
+    depends on them, and a ConfigMap edited since the start must not fail a probe."""
+    facts, base = _observe(settings)
+    return make_plan(settings, facts, DriveInputs(None, None), (), base)
+
+
+def _observe(settings: Settings) -> tuple[PodFacts, BaseFacts]:
     with timed("observe"):
         facts = pod.observe(settings, podmemory.load(settings.run_dir))
-        base = cache.base_facts(build_disks(settings.image, facts.hostname))
+        return facts, cache.base_facts(build_disks(settings.image, facts.hostname))
+
+
+def _prepare(settings: Settings, extra_qemu_args: Sequence[str]) -> tuple[Plan, Context]:
+    facts, base = _observe(settings)
     with timed("plan"):
         given = settings.guest
         drive_inputs = (
@@ -81,7 +97,7 @@ def setup(
     plan, context = _prepare(settings, extra_qemu_args)
     context = dataclasses.replace(context, detached=detached)
     with timed("preflight"):
-        preflight.check(plan)
+        preflight.check(plan, volumes(settings))
     log_plan(plan)
     plan = apply(plan, context)
     if log.isEnabledFor(logging.DEBUG):
@@ -112,7 +128,7 @@ def _with_the_base(plan: Plan, context: Context) -> Plan:
         return plan
     settings, before = context.settings, set(plan.notes)
     again = make_plan(settings, plan.pod, context.inputs, context.extra_qemu_args, base)
-    preflight.check(again)
+    preflight.check(again, volumes(settings))
     for note in again.notes:
         if note not in before:
             log.warning("%s", note)
@@ -271,6 +287,17 @@ def _vnc(plan: Plan, context: Context) -> Vnc:
     return Vnc(context.settings.vm.vnc, plan.qemu.vnc_password_file)
 
 
+def _qemu_access(plan: Plan, context: Context) -> access.Granted:
+    qemu = plan.qemu
+    return access.grant(qemu.files, qemu.user, qemu.groups, volumes(context.settings))
+
+
+def volumes(settings: Settings) -> tuple[Path, ...]:
+    """kvm-manager's own directories: it may open them to QEMU's group."""
+    image = settings.image
+    return (settings.run_dir, image.vm_dir, image.image_dir)
+
+
 STEPS: tuple[Step, ...] = (
     Step("image", _image, replans=True),
     Step("disk", _disk),
@@ -280,6 +307,7 @@ STEPS: tuple[Step, ...] = (
     Step("dhcp", _dhcp),
     Step("config-drive", _config_drive),
     Step("vnc", _vnc),
+    Step("qemu-access", _qemu_access),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 

@@ -28,6 +28,9 @@ _MEMORY_RE = re.compile(r"^(\d+)\s*(M|Mi|MiB|MB|G|Gi|GiB|GB)?$")
 _DISK_SIZE_RE = re.compile(r"^(\d+)\s*(?:([KMGT])(?:i|iB|B)?)?$", re.IGNORECASE)
 _CPU_MODEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 _HOST_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # useradd's default NAME_REGEX
+_IDS_RE = re.compile(r"(\d{1,10}):(\d{1,10})")
+MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "unchanged" to the kernel
 
 
 def text(env: Mapping[str, str], name: str) -> str:
@@ -134,6 +137,17 @@ def disk_size(name: str, raw: str) -> int | None:
             name, raw, "a disk size such as 20G, 20Gi or 10240M (at most 64 TiB)"
         )
     return -(-size // (1 << 20)) << 20
+
+
+def run_as(name: str, raw: str) -> str:
+    """A user name, or UID:GID; never root, whose capabilities would survive the change."""
+    ids = _IDS_RE.fullmatch(raw)
+    expected = "a user name such as kvmmgr-qemu, or UID:GID, other than root (uid or gid 0)"
+    if ids and all(1 <= int(n) <= MAX_ID for n in ids.groups()):
+        return raw
+    if ids or not _USER_RE.fullmatch(raw) or raw == "root":
+        raise ConfigError.bad_value(name, raw, expected)
+    return raw
 
 
 def optional_number(name: str, raw: str, maximum: int) -> int | None:

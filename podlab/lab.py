@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,11 @@ CLI_TIMEOUT = 120
 POD_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.route_localnet=1")
 # Every capability the container keeps (all others dropped), each proven by the container
 # suite: NET_ADMIN (links, addresses, rules), NET_RAW (iptables' raw socket),
-# NET_BIND_SERVICE (dnsmasq on port 67).
-CAPABILITIES = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
+# NET_BIND_SERVICE (dnsmasq on port 67), CHOWN (QEMU's files to its group), SETUID, SETGID
+# and SETPCAP (QEMU and dnsmasq give up root), KILL (a dnsmasq of its own user replaced).
+CAPABILITIES = (
+    "NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE", "CHOWN", "SETUID", "SETGID", "SETPCAP", "KILL",
+)  # fmt: skip
 # Root here lacks CAP_SYS_RESOURCE: podman must be told limits it may keep.
 PODMAN_ULIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768")
 HOSTNAME = "kvmtest-0"
@@ -158,6 +162,12 @@ class PodLab:
     def _make_volumes(self) -> None:
         for name in ("image", "run"):
             (self.volumes / name).mkdir(parents=True, exist_ok=True)
+        # A kubelet's volume directories are reachable by every user of the pod; pytest's
+        # temporary ones are root's alone. QEMU, not root, must pass them (search only).
+        for parent in (self.volumes, *self.volumes.parents):
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
         resolv = [f"nameserver {ns}" for ns in NAMESERVERS] + [f"search {' '.join(SEARCH)}"]
         (self.volumes / "resolv.conf").write_text("\n".join([*resolv, "options ndots:5", ""]))
         (self.volumes / "userdata").write_text(USERDATA)
@@ -205,9 +215,12 @@ class PodLab:
         return KvmManager(argv, self.env(**env), self._log_name())
 
     def start_container(self, image: str, *args: str, **env: str | None) -> KvmManager:
-        """The container image itself in the pod namespace, as a kubelet would run it:
-        unprivileged, with CAPABILITIES and /dev/net/tun, the pod's sysctls set beforehand, and
-        the volumes mounted at the same paths (so the environment is the same)."""
+        """The container image itself in the pod namespace, as a kubelet runs the chart's
+        container: unprivileged, with CAPABILITIES and /dev/net/tun, no_new_privs
+        (allowPrivilegeEscalation: false), the runtime's default seccomp profile, a read-only
+        root filesystem without any tmpfs (readOnlyRootFilesystem: true), the pod's sysctls
+        set beforehand, and the volumes mounted at the same paths (so the environment is the
+        same)."""
         for sysctl in POD_SYSCTLS:  # what securityContext.sysctls does
             self.net.pod.run("sysctl", "-q", "-w", sysctl)
         name = f"{self.net.pod.name}-{self._runs + 1}"
@@ -218,6 +231,7 @@ class PodLab:
             "--network", f"ns:/run/netns/{self.net.pod.name}",
             "--hostname", container_env["HOSTNAME"],
             "--cap-drop", "all", "--cap-add", ",".join(CAPABILITIES), "--device", "/dev/net/tun",
+            "--security-opt", "no-new-privileges", "--read-only", "--read-only-tmpfs=false",
             *PODMAN_ULIMITS,
             "--volume", f"{self.volumes}:{self.volumes}",
         ]  # fmt: skip

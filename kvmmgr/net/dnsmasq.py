@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from kvmmgr.errors import StepError
 from kvmmgr.net.dhcp import LOG_TO_STDERR, DhcpPlan
@@ -23,10 +24,12 @@ def apply_dhcp(plan: DhcpPlan, *, detached: bool = False) -> int:
     # dnsmasq forks once it is bound, its parent reporting startup errors by exit status;
     # the daemon keeps logging to our stderr, the container's log.
     proc.run(plan.argv, timeout=30, share_stderr=True)
-    # By then it has made its pid, lease and log files, 0644 whatever our umask (it sets its
+    # By then it has made its lease and log files, 0644 whatever our umask (it sets its
     # own): owner-only, like everything in RUN_DIR. It rewrites them in place, modes kept.
+    # Its pid file it gave to its own user (to remove it at exit): not ours to change.
     for made in plan.config_file.parent.glob("dnsmasq.*"):
-        made.chmod(0o600)
+        if made.stat().st_uid == os.geteuid():
+            made.chmod(0o600)
     try:
         return int(plan.pid_file.read_text().strip())
     except (OSError, ValueError) as exc:
@@ -36,8 +39,14 @@ def apply_dhcp(plan: DhcpPlan, *, detached: bool = False) -> int:
 def stop_dhcp(plan: DhcpPlan) -> None:
     """Stop every dnsmasq serving our configuration file. They are found through /proc rather
     than the PID file, which a crash may have left stale or never written."""
-    pids = proc.pids_with_argument("dnsmasq", f"--conf-file={plan.config_file}")
+    pids = running(plan)
     if pids:
         log.debug("stopping dnsmasq left by an earlier start: %s", pids)
         proc.terminate(pids)
     plan.pid_file.unlink(missing_ok=True)
+
+
+def running(plan: DhcpPlan) -> list[int]:
+    """The live dnsmasq processes serving our configuration file. A zombie is not among them:
+    it has no command line any more."""
+    return proc.pids_with_argument("dnsmasq", f"--conf-file={plan.config_file}")

@@ -1,8 +1,15 @@
-"""Whether a device opens: the only way to tell that a container may use it."""
+"""Whether a device opens (the only way to tell that a container may use it), and who else
+than root may open it."""
 
 from __future__ import annotations
 
 import os
+import stat
+
+from kvmmgr.facts import KVM, VHOST_NET, Devices
+
+READ_WRITE_GROUP = stat.S_IRGRP | stat.S_IWGRP
+READ_WRITE_OTHER = stat.S_IROTH | stat.S_IWOTH
 
 
 def opens(path: str) -> OSError | None:
@@ -12,3 +19,18 @@ def opens(path: str) -> OSError | None:
     except OSError as exc:
         return exc
     return None
+
+
+def devices(kvm: bool) -> Devices:
+    """`kvm`: KVM is usable (the node's /dev/kvm opens and the CPU can run a guest)."""
+    vhost_net = opens(VHOST_NET) is None
+    groups, root_only = [], []
+    for device in [name for name, usable in ((KVM, kvm), (VHOST_NET, vhost_net)) if usable]:
+        mode = os.stat(device)
+        if mode.st_mode & READ_WRITE_OTHER == READ_WRITE_OTHER:
+            continue
+        if mode.st_mode & READ_WRITE_GROUP == READ_WRITE_GROUP and mode.st_gid != 0:
+            groups.append((device, mode.st_gid))
+        else:
+            root_only.append(device)
+    return Devices(kvm, vhost_net, tuple(groups), tuple(root_only))

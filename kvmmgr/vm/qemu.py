@@ -12,6 +12,7 @@ from typing import Literal, assert_never
 from uuid import UUID
 
 from kvmmgr.config import DiskBus, Firmware, Machine, NicModel
+from kvmmgr.facts import Identity
 from kvmmgr.image.disks import DiskPlan
 from kvmmgr.net.nics import BridgeLink, MacvtapLink, NatLink, NicPlan
 from kvmmgr.vm.buses import Drive, disk_args
@@ -24,6 +25,14 @@ AGENT_SOCKET = "qga.sock"  # in RUN_DIR
 VNC_SECRET_ID = "vncpass"
 VNC_PASSWORD_FILE = "vnc-password"  # in RUN_DIR, beside the QMP socket
 OVMF = Path("/usr/share/OVMF")  # Debian's ovmf package
+# QEMU opens nothing of the pod's by itself but its disk files: kvm-manager hands it its
+# listening sockets and its taps already open, on these file descriptors.
+QMP_FD = 90
+AGENT_FD = 91
+TAP_FD_BASE = 200  # tap NIC i on 200 + i (macvtaps: nics.MACVTAP_FD_BASE)
+# QEMU's own seccomp filter: no obsolete system calls, no change of user or capabilities, no
+# fork or exec, no scheduler or resource calls.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 NIC_DEVICES: dict[NicModel, str] = {
     "virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
     "rtl8139": "rtl8139", "vmxnet3": "vmxnet3",
@@ -70,13 +79,30 @@ class VmPlan:
 
 
 @dataclass(frozen=True)
+class QemuFile:
+    """A file QEMU opens by its path: made usable by QEMU's group, and by nobody else."""
+
+    path: Path
+    writable: bool
+
+
+@dataclass(frozen=True)
 class QemuPlan:
     argv: tuple[str, ...]
     qmp_socket: Path
     agent_socket: Path  # the guest agent's channel, whether or not the guest runs one
     vnc_password_file: Path | None  # written at start from VNC_PASSWORD, never in argv
     macvtaps: tuple[tuple[str, int], ...]  # (macvtap, the fd QEMU expects its device on)
-    firmware: FirmwarePlan | None = None  # UEFI's files; None: BIOS
+    firmware: FirmwarePlan | None  # UEFI's files; None: BIOS
+    user: Identity  # QEMU runs as this user, never root, with
+    groups: tuple[int, ...]  # these groups only (its own, and those of devices it opens)
+    taps: tuple[tuple[str, int], ...]  # (tap, the fd QEMU expects it on)
+    files: tuple[QemuFile, ...]  # every file of the pod's that QEMU opens by its path
+
+    @property
+    def sockets(self) -> tuple[tuple[Path, int], ...]:
+        """The listening sockets kvm-manager binds for QEMU (it could not: RUN_DIR is root's)."""
+        return ((self.qmp_socket, QMP_FD), (self.agent_socket, AGENT_FD))
 
 
 def build_qemu(
@@ -91,6 +117,8 @@ def build_qemu(
     vnc_password: bool,
     run_dir: Path,
     extra_args: Sequence[str],
+    user: Identity,
+    groups: Sequence[int] = (),
 ) -> QemuPlan:
     password_file = run_dir / VNC_PASSWORD_FILE if vnc and vnc_password else None
     firmware = hardware.firmware_files(disks.overlay.parent, vm.hostname)
@@ -98,7 +126,9 @@ def build_qemu(
     drives += [Drive(d.path, d.format, d.serial) for d in disks.data]
     argv = [
         *_machine(vm, hardware, firmware),
-        *_control(run_dir),
+        "-sandbox",
+        SANDBOX,
+        *_control(),
         *disk_args(hardware.disk_bus, hardware.machine, drives, config_drive),
         *_nics(nics, vhost, NIC_DEVICES[hardware.nic_model]),
         "-device",
@@ -109,10 +139,35 @@ def build_qemu(
     macvtaps = tuple(
         (nic.link.macvtap, nic.link.fd) for nic in nics if isinstance(nic.link, MacvtapLink)
     )
+    taps = tuple(
+        (nic.link.tap, TAP_FD_BASE + nic.index)
+        for nic in nics
+        if isinstance(nic.link, NatLink | BridgeLink)
+    )
     return QemuPlan(
         tuple(argv), run_dir / QMP_SOCKET, run_dir / AGENT_SOCKET, password_file, macvtaps,
-        firmware,
+        firmware, user, tuple(dict.fromkeys((user.gid, *groups))), taps,
+        _files(disks, config_drive, firmware, password_file),
     )  # fmt: skip
+
+
+def _files(
+    disks: DiskPlan,
+    config_drive: Path | None,
+    firmware: FirmwarePlan | None,
+    password_file: Path | None,
+) -> tuple[QemuFile, ...]:
+    """The VM's disks (the base and an OVA's disks only read), its UEFI variables, and what
+    QEMU reads once at start. OVMF's code is the package's, readable by all."""
+    files = [QemuFile(disks.overlay, True), QemuFile(disks.base, False)]
+    for disk in disks.data:
+        files.append(QemuFile(disk.path, True))
+        if disk.backing is not None:
+            files.append(QemuFile(disk.backing, False))
+    if firmware is not None:
+        files.append(QemuFile(firmware.vars, True))
+    files += [QemuFile(path, False) for path in (config_drive, password_file) if path]
+    return tuple(files)
 
 
 def _machine(vm: VmPlan, hardware: HardwarePlan, firmware: FirmwarePlan | None) -> list[str]:
@@ -140,16 +195,18 @@ def _machine(vm: VmPlan, hardware: HardwarePlan, firmware: FirmwarePlan | None) 
     return argv
 
 
-def _control(run_dir: Path) -> list[str]:
+def _control() -> list[str]:
     """The console, QMP, and the guest agent's channel (always there, used when the guest
     runs an agent). The serial console is the container's stdout (`kubectl logs`) and its
-    stdin (`kubectl attach`): Ctrl-C there goes to the guest, not to QEMU."""
-    agent = f"socket,id={AGENT_CHARDEV},path={run_dir / AGENT_SOCKET},server=on,wait=off"
+    stdin (`kubectl attach`): Ctrl-C there goes to the guest, not to QEMU. QMP and the agent
+    listen on sockets kvm-manager made (RUN_DIR/qmp.sock, RUN_DIR/qga.sock)."""
+    agent = f"socket,id={AGENT_CHARDEV},fd={AGENT_FD},server=on,wait=off"
     port = f"virtserialport,bus=vserial0.0,chardev={AGENT_CHARDEV},name={AGENT_CHANNEL}"
     return [
         "-chardev", "stdio,id=console,signal=off",
         "-serial", "chardev:console",
-        "-qmp", f"unix:{run_dir / QMP_SOCKET},server=on,wait=off",
+        "-chardev", f"socket,id=qmp,fd={QMP_FD},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
         "-chardev", agent,
         "-device", "virtio-serial-pci,id=vserial0",
         "-device", port,
@@ -164,8 +221,8 @@ def _nics(nics: Sequence[NicPlan], vhost: bool, device: str) -> list[str]:
     for nic in nics:
         netdev = f"net{nic.index}"
         match nic.link:
-            case NatLink(tap=tap) | BridgeLink(tap=tap):
-                backend = f"tap,id={netdev},ifname={tap},script=no,downscript=no"
+            case NatLink() | BridgeLink():  # its tap, opened by launch.exec_qemu
+                backend = f"tap,id={netdev},fd={TAP_FD_BASE + nic.index}"
             case MacvtapLink(fd=fd):  # its device, opened by launch.exec_qemu
                 backend = f"tap,id={netdev},fd={fd}"
             case unknown:

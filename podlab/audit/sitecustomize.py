@@ -31,8 +31,7 @@ def _record(event: str, args: tuple[Any, ...]) -> None:
         "program": None if program_at is None else _text(args[program_at]),
         "argv": [_text(a) for a in argv] if isinstance(argv, (list, tuple)) else _text(argv),
     }
-    with open(_LOG, "a", encoding="utf-8") as log:
-        log.write(json.dumps(entry) + "\n")
+    os.write(_FD, (json.dumps(entry) + "\n").encode())
 
 
 def _text(value: Any) -> str | None:
@@ -42,4 +41,6 @@ def _text(value: Any) -> str | None:
 
 
 if _LOG:
+    # Opened now, while the process is root: it records QEMU's exec after giving root up.
+    _FD = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     sys.addaudithook(_record)

@@ -194,6 +194,10 @@ def test_not_privileged_by_default_and_only_the_proven_capabilities() -> None:
     assert context["privileged"] is False
     # The same set the container suite (tests/container) runs the image with.
     assert context["capabilities"] == {"drop": ["ALL"], "add": list(CAPABILITIES)}
+    # As far toward the "restricted" profile as the VM allows (tests/container runs so).
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     privileged = render(VALUE_SETS["host-path-devices"]).statefulset()
     assert container(privileged)["securityContext"]["privileged"] is True
 

@@ -13,10 +13,22 @@ import pytest
 
 from podlab import guest
 from podlab.console import marker
-from podlab.lab import HOSTNAME, NAMESERVERS, PODMAN_ULIMITS, REPO, VM_GW, VM_IP, KvmManager, PodLab
+from podlab.lab import (
+    CAPABILITIES,
+    HOSTNAME,
+    NAMESERVERS,
+    PODMAN_ULIMITS,
+    REPO,
+    VM_GW,
+    VM_IP,
+    KvmManager,
+    PodLab,
+)
+from tests.privileges import dnsmasq_problems, pid_of, qemu_problems, status
 
 CONTAINER = REPO / "scripts" / "container"
 BOOT_TIMEOUT = 120.0
+IMAGE_QEMU_UID = 10107  # the Dockerfile's kvmmgr-qemu
 
 
 def podman(*args: str) -> subprocess.CompletedProcess[str]:
@@ -63,11 +75,26 @@ def test_http_through_the_pod_ip_and_vnc_banner(running: tuple[PodLab, KvmManage
 def test_the_container_runs_unprivileged(running: tuple[PodLab, KvmManager]) -> None:
     lab, _ = running
     name = f"{lab.net.pod.name}-1"
-    config = json.loads(podman("inspect", name).stdout)[0]["HostConfig"]
-    assert config["Privileged"] is False
-    assert "CAP_NET_ADMIN" in config["CapAdd"] and "CAP_SYS_ADMIN" not in config["CapAdd"]
+    inspected = json.loads(podman("inspect", name).stdout)[0]
+    config = inspected["HostConfig"]
+    assert config["Privileged"] is False and config["ReadonlyRootfs"] is True
+    assert sorted(inspected["BoundingCaps"]) == sorted(f"CAP_{c}" for c in CAPABILITIES)
+    assert "no-new-privileges" in config["SecurityOpt"]
     status = lab.cli("status")  # the QMP socket is on the shared RUN_DIR volume
     assert (status.returncode, status.stdout.strip()) == (0, "running")
+
+
+def test_qemu_has_nothing_to_lose_in_the_container(running: tuple[PodLab, KvmManager]) -> None:
+    """The image's QEMU user, no capability in any set, no_new_privs, QEMU's own seccomp
+    filter (on top of the runtime's); dnsmasq as its own user, with its network capabilities
+    at most."""
+    lab, _ = running
+    qemu = status(pid_of(lab.net.pod, "qemu-system-x86_64"))
+    assert qemu_problems(qemu) == [], qemu
+    assert qemu["Uid"].split() == [str(IMAGE_QEMU_UID)] * 4  # the Dockerfile's kvmmgr-qemu
+    assert int(qemu["Seccomp_filters"]) >= 2  # the runtime's profile, then QEMU's sandbox
+    dnsmasq = status(pid_of(lab.net.pod, "dnsmasq"))
+    assert dnsmasq_problems(dnsmasq) == [], dnsmasq
 
 
 def test_the_image(image: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from kvmmgr.errors import EXIT_CONFIG, EXIT_FAILURE
-from podlab.lab import KVM_MANAGER, PodLab
+from podlab.lab import CAPABILITIES, KVM_MANAGER, PodLab
 from tests.netns.snapshot import pod_state
 
 
@@ -22,6 +22,11 @@ def _no_address_interface(lab: PodLab) -> None:
 
 def _route_over_the_vm_network(lab: PodLab) -> None:
     lab.net.pod.ip("route", "add", "192.168.0.0/16", "via", lab.net.node_ip)
+
+
+def _closed_to_others(lab: PodLab) -> None:
+    """The volumes' parent root's alone (0700): QEMU, not root, could not reach its disk."""
+    lab.workdir.chmod(0o700)
 
 
 def _invalid_metadata(lab: PodLab) -> None:
@@ -171,6 +176,10 @@ CASES = [
     Case("unknown VM_NIC_MODEL", {"VM_NIC_MODEL": "pcnet"}, "VM_NIC_MODEL='pcnet'"),
     Case("VM_UUID not a UUID", {"VM_UUID": "not-a-uuid"}, "VM_UUID='not-a-uuid'"),
     Case("relative data disk", {"VM_DATA_DISKS": "10G data.img"}, "VM_DATA_DISKS='data.img'"),
+    Case("QEMU_USER root", {"QEMU_USER": "root"}, "QEMU_USER='root'"),
+    Case("QEMU_USER uid 0", {"QEMU_USER": "0:10107"}, "QEMU_USER='0:10107'"),
+    Case("QEMU_USER unknown", {"QEMU_USER": "nobody-here"}, "QEMU_USER='nobody-here': no such"),
+    Case("QEMU_USER gid 0", {"QEMU_USER": "10107:0"}, "QEMU_USER='10107:0'"),
     Case(
         "VM_DISK_SIZE below the cached base's",
         {"VM_DISK_SIZE": "32M"},
@@ -188,7 +197,7 @@ CASES = [
             None,
             _without_capability(cap),
         )
-        for cap in ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
+        for cap in CAPABILITIES
     ),
     Case(
         "no /dev/net/tun",
@@ -198,6 +207,12 @@ CASES = [
     ),
     Case("read-only IMAGE_DIR", {}, "image: not writable", wrapper=_read_only("image")),
     Case("read-only RUN_DIR", {}, "run: not writable", wrapper=_read_only("run")),
+    Case(
+        "a directory QEMU cannot pass",
+        {},
+        "QEMU runs as kvmmgr-qemu and cannot pass this directory",
+        _closed_to_others,
+    ),
     Case(
         "QEMU not installed",
         {"PATH": "{bin}"},

@@ -5,6 +5,7 @@ Each test gets its own node and pod namespaces (podlab); nothing boots here, the
 
 from __future__ import annotations
 
+import grp
 import json
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from podlab.lab import HOSTNAME, KVM_MANAGER, PodLab
 from tests.netns.snapshot import links, our_rules, planned_rules, pod_state, processes
+from tests.privileges import QEMU_USER
 
 
 def setup(lab: PodLab, **env: str | None) -> subprocess.CompletedProcess[str]:
@@ -55,7 +57,11 @@ def test_setup_builds_the_pod_side_of_the_vm(lab: PodLab) -> None:
     assert info["format"] == "qcow2"
     assert info["backing-filename-format"] == "qcow2"
     assert Path(info["backing-filename"]) == lab.volumes / "image" / "base.qcow2"
-    assert (lab.volumes / "run" / "config-drive.iso").stat().st_mode & 0o777 == 0o600
+    # What QEMU opens by path is its group's, read-only or read-write, and nobody else's.
+    qemu_gid = grp.getgrnam(QEMU_USER).gr_gid
+    for path, mode in ((lab.volumes / "run" / "config-drive.iso", 0o640), (overlay, 0o660)):
+        info = path.stat()
+        assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (mode, 0, qemu_gid), path
     # One line per step, saying what was decided.
     for step in (
         "pod:",
@@ -66,6 +72,7 @@ def test_setup_builds_the_pod_side_of_the_vm(lab: PodLab) -> None:
         "firewall:",
         "dhcp:",
         "config-drive:",
+        "qemu-access:",
     ):
         assert f"kvm-manager: {step}" in done.stderr
 

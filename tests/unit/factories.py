@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from kvmmgr.config import Settings, load_settings
-from kvmmgr.facts import Devices, Limits, PodFacts
+from kvmmgr.facts import Devices, Identity, Limits, PodFacts
 from kvmmgr.guest.drive import DriveInputs
 from kvmmgr.net.model import PodDns, PodInterface, Route
 from kvmmgr.plan import Plan, make_plan
@@ -57,6 +57,7 @@ def pod_facts(**changes: Any) -> PodFacts:
         ),
         limits=Limits(memory_mib=None, cpus=None),
         devices=Devices(kvm=False, vhost_net=False),
+        qemu_user=Identity("kvmmgr-qemu", 10107, 10107),
     )
     return dataclasses.replace(facts, **changes)
 

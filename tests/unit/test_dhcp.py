@@ -26,8 +26,8 @@ def test_dnsmasq_configuration() -> None:
     mac = plan().nics[0].guest.mac
     for expected in [
         "port=0",
-        "user=root",
-        "group=",
+        "user=dnsmasq",
+        "group=nogroup",
         "interface=kvmbr0",
         "bind-interfaces",
         "except-interface=lo",

@@ -88,4 +88,4 @@ def test_preflight_wants_the_ip_tables_module_loaded(tmp_path: Path) -> None:
     status = tmp_path / "status"
     status.write_text("CapEff:\t000001ffffffffff\n")
     with pytest.raises(PreconditionError, match="the ip_tables kernel module"):
-        check(plan(), status_file=status, proc_net=tmp_path)
+        check(plan(), (), status_file=status, proc_net=tmp_path)

@@ -27,19 +27,29 @@ def test_default_argv() -> None:
     assert _option(argv, "-m") == ["1024"]
     assert _option(argv, "-smp") == ["1"]
     assert "-nodefaults" in argv
+    # QMP and the agent on the sockets kvm-manager binds and hands over (fds 90 and 91)
     assert _option(argv, "-chardev") == [
         "stdio,id=console,signal=off",
-        "socket,id=qga0,path=/run/test-kvmmgr/qga.sock,server=on,wait=off",
+        "socket,id=qmp,fd=90,server=on,wait=off",
+        "socket,id=qga0,fd=91,server=on,wait=off",
     ]
+    assert q.sockets == (
+        (Path("/run/test-kvmmgr/qmp.sock"), 90),
+        (Path("/run/test-kvmmgr/qga.sock"), 91),
+    )
     assert _option(argv, "-serial") == ["chardev:console"]
     assert "-monitor" not in argv  # -nodefaults: no monitor on stdio either
-    assert _option(argv, "-qmp") == ["unix:/run/test-kvmmgr/qmp.sock,server=on,wait=off"]
+    assert _option(argv, "-mon") == ["chardev=qmp,mode=control"]
+    assert _option(argv, "-sandbox") == [
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    ]
     drives = _option(argv, "-drive")
     assert drives[0] == "file=/image/vm-0.qcow2,if=none,id=disk0,format=qcow2,discard=unmap"
     assert drives[1].startswith("file=/run/test-kvmmgr/config-drive.iso,")
     assert "media=cdrom" in drives[1] and "readonly=on" in drives[1]
     netdev = _option(argv, "-netdev")
-    assert netdev == ["tap,id=net0,ifname=kvmtap0,script=no,downscript=no,vhost=off"]
+    assert netdev == ["tap,id=net0,fd=200,vhost=off"]  # the tap, opened by kvm-manager
+    assert q.taps == (("kvmtap0", 200),)
     mac = plan().nics[0].guest.mac
     assert f"virtio-net-pci,netdev=net0,mac={mac}" in _option(argv, "-device")
     assert _option(argv, "-vnc") == ["0.0.0.0:0"]
@@ -113,7 +123,7 @@ def test_one_netdev_per_nic_and_a_macvtap_by_file_descriptor() -> None:
     argv = two.qemu.argv
     assert _option(argv, "-netdev") == [
         "tap,id=net0,fd=100,vhost=off",
-        "tap,id=net1,ifname=kvmtap1,script=no,downscript=no,vhost=off",
+        "tap,id=net1,fd=201,vhost=off",
     ]
     macs = [nic.guest.mac for nic in two.nics]
     assert f"virtio-net-pci,netdev=net0,mac={macs[0]}" in _option(argv, "-device")
