@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from kvmmgr import __version__
 from kvmmgr.errors import (
+    EXIT_DEGRADED,
     EXIT_NOT_READY,
     EXIT_NOT_RUNNING,
     EXIT_OK,
@@ -22,6 +23,7 @@ from kvmmgr.errors import (
 
 if TYPE_CHECKING:
     from kvmmgr.config import Settings
+    from kvmmgr.health.check import Health
     from kvmmgr.plan import Plan
 
 log = logging.getLogger("kvmmgr")
@@ -80,11 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="only make sure the base image is present")
     fetch.set_defaults(handler=_fetch)
     status = commands.add_parser(
-        "status", help="exit 0 when the VM is running (asks QMP, and the guest agent)"
+        "status",
+        help="exit 0 when the VM is running and every part it depends on is as planned "
+        "(asks QMP, and the guest agent)",
     )
     status.add_argument("--json", action="store_true", help="the status as a JSON object")
     status.add_argument(
         "--ready", action="store_true", help="exit 0 only when the VM is ready (READINESS)"
+    )
+    status.add_argument(
+        "--repair",
+        action="store_true",
+        help="first restore in place the parts that heal (the liveness probe does this)",
     )
     status.set_defaults(handler=_status)
     shutdown = commands.add_parser(
@@ -171,19 +180,47 @@ def _status(options: argparse.Namespace, extra: list[str]) -> int:
         status, unready = control.check_ready(_run_dir(), readiness)
     else:
         status, unready = control.vm_status(_run_dir()), None
+    health = _health(options.repair, status.state)
     if options.json:
-        data = status.as_data()
+        data = status.as_data() | health.as_data()
         if options.ready:
             data.update(readiness=str(readiness), ready=unready is None, why_not=unready)
         print(json.dumps(data, sort_keys=True))
     else:
-        lines = status.lines()
+        lines = status.lines() + health.lines()
         if options.ready:
             lines.append(f"not ready: {unready}" if unready else f"ready ({readiness})")
         print("\n".join(lines))
     if status.state != "running":
         return EXIT_NOT_RUNNING
+    if health.failed:
+        return EXIT_DEGRADED
     return EXIT_NOT_READY if unready else EXIT_OK
+
+
+def _health(repair: bool, qemu_state: str | None) -> Health:
+    """The parts of a running VM against its plan, made again from the container's
+    environment (a probe has it). Without QEMU there is nothing to check or mend; without a
+    plan (a QEMU that kvm-manager did not start), QEMU alone is asked."""
+    from kvmmgr.health.check import Health, check
+
+    if qemu_state != "running":
+        return Health(None, f"QEMU is {qemu_state or 'not running'}")
+    from kvmmgr import startup
+    from kvmmgr.health.observe import observe
+
+    try:
+        settings = _settings()
+        plan = startup.replan(settings)
+    except (ConfigError, PreconditionError) as exc:
+        log.warning("the VM's parts are not checked: no plan (%s)", exc)
+        return Health(None, f"no plan: {exc}")
+    parts = check(plan, observe(plan))
+    if repair and any(part.problems and part.heals for part in parts):
+        from kvmmgr.health.repair import repair as mend
+
+        parts = mend(plan, settings)
+    return Health(parts)
 
 
 def _shutdown(options: argparse.Namespace, extra: list[str]) -> int:

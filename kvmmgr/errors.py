@@ -10,6 +10,7 @@ EXIT_CONFIG = 2  # bad configuration, input file or pod environment; nothing was
 EXIT_NOT_RUNNING = 3  # status/shutdown: QEMU is not running
 EXIT_FORCED = 4  # shutdown: the guest ignored ACPI and QEMU was quit hard
 EXIT_NOT_READY = 5  # status --ready: QEMU runs, but the guest is not ready (READINESS)
+EXIT_DEGRADED = 6  # status: QEMU runs, but a part the VM depends on is not as planned
 
 
 class KvmManagerError(Exception):

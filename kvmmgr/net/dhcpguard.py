@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 TABLE = "kvmmgr"
+HOOKS = ("ingress", "egress")
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,19 @@ class GuardPlan:
     ruleset: str  # for `nft -f -`: replaces the table whole, in one transaction
 
 
+def chain_name(hook: str, iface: GuardedInterface) -> str:
+    return f"{hook}-{iface.name}"
+
+
 def build_guard(interfaces: Sequence[GuardedInterface]) -> GuardPlan:
     chains = []
     for iface in interfaces:
-        for hook in ("ingress", "egress"):
+        for hook in HOOKS:
             match = ""
             if hook == "ingress" and iface.inside:
                 match = "ether saddr != { " + ", ".join(iface.inside) + " } "
             chains.append(
-                f"  chain {hook}-{iface.name} {{\n"
+                f"  chain {chain_name(hook, iface)} {{\n"
                 f'    type filter hook {hook} device "{iface.name}" priority 0; policy accept;\n'
                 f"    {match}udp dport {{ 67, 68 }} drop\n"
                 "  }"

@@ -46,6 +46,7 @@ def test_status_running_then_forced_quit_when_the_guest_ignores_acpi(tmp_path: P
     try:
         status = _kvm_manager(tmp_path, "status")
         assert (status.returncode, status.stdout.strip()) == (EXIT_OK, "running")
+        assert "the VM's parts are not checked: no plan" in status.stderr
         shutdown = _kvm_manager(tmp_path, "shutdown", "--timeout", "1")
         assert shutdown.returncode == EXIT_FORCED
         assert "did not power off within 1 s: QEMU was quit" in shutdown.stdout
@@ -86,6 +87,8 @@ def test_without_a_guest_agent_status_is_qemu_s_alone(tmp_path: Path) -> None:
         status = _kvm_manager(tmp_path, "status")
         assert (status.returncode, status.stdout) == (EXIT_OK, "running\n")
         data = json.loads(_kvm_manager(tmp_path, "status", "--json").stdout)
+        # No environment of a pod here, hence no plan: the parts are not checked, QEMU is.
+        assert data.pop("parts") is None and data.pop("unchecked").startswith("no plan: ")
         assert data == {"state": "running", "agent": "absent", "guest": None}
         ready = _kvm_manager(tmp_path, "status", "--ready", READINESS="agent")
         assert ready.returncode == EXIT_NOT_READY

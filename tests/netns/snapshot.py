@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kvmmgr.health.check import our_lines
 from kvmmgr.net.firewall import Chain, Family, FirewallPlan
 from podlab.lab import PodLab
 from podlab.netns import Namespace
@@ -59,14 +61,9 @@ def iptables(ns: Namespace) -> list[str]:
 
 
 def our_rules(ns: Namespace, table: str) -> list[str]:
-    """The rules of one table that jump to or live in kvm-manager's chains."""
-    rules, current = [], None
-    for line in iptables(ns):
-        if line.startswith("*"):
-            current = line[1:]
-        elif current == table and line.startswith("-A") and "KVMMGR-" in line:
-            rules.append(line)
-    return rules
+    """The rules of one table that jump to or live in kvm-manager's chains (as `status`
+    reads them)."""
+    return our_lines("\n".join(iptables(ns)), table)
 
 
 def planned_rules(plan: dict[str, Any], table: str, family: Family = 4) -> list[str]:
@@ -88,14 +85,23 @@ def sysctls(ns: Namespace, *names: str) -> dict[str, str]:
 def processes(ns: Namespace) -> list[str]:
     """Command lines of every process in the namespace (PIDs left out: they change)."""
     found = []
-    for pid in ns.pids():
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for _, argv in _argvs(ns):
         if argv and argv[0]:
             found.append(" ".join(a.decode() for a in argv if a))
     return sorted(found)
+
+
+def pids_of(ns: Namespace, program: str) -> list[int]:
+    """The live processes of `program` in the namespace (a zombie has no command line)."""
+    return [pid for pid, argv in _argvs(ns) if argv[0] == program.encode()]
+
+
+def _argvs(ns: Namespace) -> Iterator[tuple[int, list[bytes]]]:
+    for pid in ns.pids():
+        try:
+            yield pid, Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
 
 
 def files(root: Path) -> dict[str, str]:
