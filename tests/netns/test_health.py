@@ -174,3 +174,29 @@ def test_status_and_repair_take_a_probe_s_time(lab: PodLab, vm: KvmManager) -> N
         seconds, kib = done.stderr.splitlines()[-1].split()
         assert float(seconds) < 5 and int(kib) < 80 * 1024, (args, seconds, kib)
         lab.cli("status", "--repair")
+
+
+@pytest.mark.parametrize(
+    ("network", "env"),
+    [
+        ({}, {"NET_MODE": "macvtap"}),
+        ({"dual_stack": True}, {}),  # ip6tables' chains too
+        ({"secondary": True}, {"ATTACH_IFACES": "eth0:nat net1:bridge"}),  # dnsmasq on two
+    ],
+    ids=["macvtap", "dual-stack", "two-nics"],
+)
+def test_a_vm_just_started_is_as_planned_in_every_mode(
+    tmp_path: Path, network: dict[str, bool], env: dict[str, str]
+) -> None:
+    image = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    with PodLab(tmp_path / "lab", image, **network) as lab:
+        vm = start_as_pid_1(lab, **env)  # `status` exits 0: every part as planned
+        try:
+            data = json.loads(lab.cli("status", "--json", **env).stdout)
+            assert {part["state"] for part in data["parts"].values()} <= {"ok", "off"}
+            os.kill(pids_of(lab.net.pod, "dnsmasq")[0], signal.SIGKILL)
+            assert degraded(lab, **env) == ["dhcp: dnsmasq is not running"]
+            repaired(lab, **env)
+        finally:
+            vm.kill()
