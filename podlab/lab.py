@@ -162,8 +162,13 @@ class PodLab:
     def _make_volumes(self) -> None:
         for name in ("image", "run"):
             (self.volumes / name).mkdir(parents=True, exist_ok=True)
-        # A kubelet's volume directories are reachable by every user of the pod; pytest's
-        # temporary ones are root's alone. QEMU, not root, must pass them (search only).
+        self.open_volumes()
+
+    def open_volumes(self) -> None:
+        """A kubelet's volume directories are reachable by every user of the pod; pytest's
+        temporary ones are root's alone. QEMU, not root, must pass them (search only). Done
+        again at each start: a pytest session that begins meanwhile closes its base folder
+        (/tmp/pytest-of-root) again."""
         for parent in (self.volumes, *self.volumes.parents):
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
@@ -211,6 +216,7 @@ class PodLab:
 
     def start(self, *args: str, **env: str | None) -> KvmManager:
         """`kvm-manager ARGS` (default: run) in the pod namespace, as the container would."""
+        self.open_volumes()
         argv = self.net.pod.argv(KVM_MANAGER, *(args or ("run",)))
         return KvmManager(argv, self.env(**env), self._log_name())
 
@@ -221,6 +227,7 @@ class PodLab:
         root filesystem without any tmpfs (readOnlyRootFilesystem: true), the pod's sysctls
         set beforehand, and the volumes mounted at the same paths (so the environment is the
         same)."""
+        self.open_volumes()
         for sysctl in POD_SYSCTLS:  # what securityContext.sysctls does
             self.net.pod.run("sysctl", "-q", "-w", sysctl)
         name = f"{self.net.pod.name}-{self._runs + 1}"
@@ -247,6 +254,7 @@ class PodLab:
 
     def cli(self, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
         """A short kvm-manager command in the pod (status, shutdown, setup, plan)."""
+        self.open_volumes()
         return subprocess.run(
             self.net.pod.argv(KVM_MANAGER, *args),
             env=self.env(**env),

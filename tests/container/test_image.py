@@ -97,6 +97,28 @@ def test_qemu_has_nothing_to_lose_in_the_container(running: tuple[PodLab, KvmMan
     assert dnsmasq_problems(dnsmasq) == [], dnsmasq
 
 
+def test_the_probes_and_the_shutdown_inside_the_container_then_a_restart(
+    image: str, running: tuple[PodLab, KvmManager]
+) -> None:
+    """The chart's probe and preStop commands, run inside the container as a kubelet does
+    (root with only the container's capabilities: no DAC_OVERRIDE), reach QEMU's QMP
+    socket; the guest powers off, the container exits 0, and a new one boots the VM again
+    from the same disk, QEMU's group's."""
+    lab, vm = running
+    name = f"{lab.net.pod.name}-1"
+    probe = podman("exec", name, "kvm-manager", "status", "--ready")
+    assert (probe.returncode, probe.stdout.splitlines()[0]) == (0, "running"), probe.stderr
+    done = podman("exec", name, "kvm-manager", "shutdown", "--timeout", "60")
+    assert "the guest powered off (ACPI) and QEMU exited" in done.stdout, done.stderr
+    # 137: the container ends with QEMU, its main process, and takes the exec along (SIGKILL)
+    assert done.returncode in {0, 137}
+    assert vm.wait(BOOT_TIMEOUT) == 0
+    again = lab.start_container(image)
+    again.console.wait_for(r"^KVMTEST_READY ", BOOT_TIMEOUT)
+    assert marker(again.console.wait_for(r"^KVMTEST_DHCP ", 5))["ip"] == VM_IP
+    assert lab.from_node.http(f"http://{lab.net.pod_ip}/")["status"] == 200
+
+
 def test_the_image(image: str) -> None:
     labels = json.loads(podman("inspect", image).stdout)[0]["Config"]["Labels"]
     assert labels["org.opencontainers.image.title"] == "kvm-manager"

@@ -4,6 +4,7 @@ the guest boots from each format is tests/e2e/test_appliances.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import random
@@ -19,7 +20,7 @@ from kvmmgr.config import ImageSettings
 from kvmmgr.errors import StepError
 from kvmmgr.image import headers, ova
 from kvmmgr.image.cache import check_available, ensure_base
-from kvmmgr.image.disks import DiskPlan, build_disks
+from kvmmgr.image.disks import DataDisk, DiskPlan, build_disks
 from kvmmgr.image.sources import parse_source
 from podlab import appliances
 
@@ -313,6 +314,25 @@ def test_a_disk_of_the_vm_pointed_at_another_file_is_refused(tmp_path: Path, raw
     )  # fmt: skip
     with pytest.raises(StepError, match="is backed by '/etc/hostname': expected its base"):
         ensure_overlay(plan)
+
+
+def test_a_data_disk_of_the_vm_made_to_name_another_file_is_refused(
+    tmp_path: Path, raw: Path
+) -> None:
+    """A new data disk is made once and kept; one replaced by a qcow2 backed by a pod file
+    is refused at the next start, before QEMU opens it."""
+    plan = dataclasses.replace(
+        disks(tmp_path, raw),
+        data=(DataDisk(tmp_path / "vm" / "vm-0-data1.qcow2", "d1", "new", 1 << 20),),
+    )
+    fetch(plan)
+    from kvmmgr.image.overlay import ensure_data_disks
+
+    ensure_data_disks(plan)
+    shutil.copy(_qcow2_backed_by_a_pod_file(tmp_path), plan.data[0].path)
+    with pytest.raises(StepError, match="names a backing file") as caught:
+        ensure_data_disks(plan)
+    assert "\n" not in str(caught.value)
 
 
 def test_cut_and_mangled_images_are_refused_in_one_line_or_taken_never_a_traceback(
