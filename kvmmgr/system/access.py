@@ -5,6 +5,7 @@ is one of kvm-manager's volumes; any other is the pod's to fix (preflight says s
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -36,13 +37,25 @@ class Granted:
         )
 
 
+SEARCH = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+READ = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+
+
 def passable(info: os.stat_result, uid: int, groups: Iterable[int]) -> bool:
     """Whether a process of `uid` and `groups` may pass through (search) this directory."""
+    return _allows(info, uid, groups, SEARCH)
+
+
+def _allows(
+    info: os.stat_result, uid: int, groups: Iterable[int], bits: tuple[int, int, int]
+) -> bool:
+    """The permission bit that applies to `uid` and `groups`, as the kernel picks it."""
+    owner, group, other = bits
     if info.st_uid == uid:
-        return bool(info.st_mode & stat.S_IXUSR)
+        return bool(info.st_mode & owner)
     if info.st_gid in set(groups):
-        return bool(info.st_mode & stat.S_IXGRP)
-    return bool(info.st_mode & stat.S_IXOTH)
+        return bool(info.st_mode & group)
+    return bool(info.st_mode & other)
 
 
 def closed_directory(
@@ -72,8 +85,7 @@ def grant(
                     os.chown(parent, -1, user.gid)
                     os.chmod(parent, stat.S_IMODE(info.st_mode) | stat.S_IXGRP)
                     opened.append(parent)
-            os.chown(file.path, -1, user.gid)
-            os.chmod(file.path, READ_WRITE if file.writable else READ_ONLY)
+            _give(file, user, groups)
     except OSError as exc:
         raise StepError(
             f"cannot make {exc.filename} usable by QEMU's group {user.gid}: {exc.strerror} "
@@ -81,6 +93,18 @@ def grant(
         ) from exc
     writable = sum(f.writable for f in files)
     return Granted(user, tuple(groups), len(files), writable, tuple(dict.fromkeys(opened)))
+
+
+def _give(file: QemuFile, user: Identity, groups: Sequence[int]) -> None:
+    """The file to QEMU's group, and nobody else's. A base on a read-only volume (a cache
+    filled beforehand) cannot be changed: it is enough that QEMU may already read it."""
+    try:
+        os.chown(file.path, -1, user.gid)
+        os.chmod(file.path, READ_WRITE if file.writable else READ_ONLY)
+    except OSError as exc:
+        readable = _allows(file.path.stat(), user.uid, groups, READ)
+        if exc.errno != errno.EROFS or file.writable or not readable:
+            raise
 
 
 def _under(directory: Path, volumes: Sequence[Path]) -> bool:

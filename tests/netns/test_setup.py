@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from podlab.lab import HOSTNAME, KVM_MANAGER, PodLab
 from tests.netns.snapshot import links, our_rules, planned_rules, pod_state, processes
 from tests.privileges import QEMU_USER
@@ -181,3 +183,30 @@ def test_read_only_proc_sys_needs_the_pod_sysctls(lab: PodLab) -> None:
     done = _setup_with_read_only_proc_sys(lab)
     assert done.returncode == 0, done.stderr
     assert lab.net.pod.run("cat", "/proc/sys/net/ipv4/conf/kvmbr0/route_localnet").strip() == "0"
+
+
+def test_a_base_on_a_read_only_volume_is_used_as_it_is(tmp_path: Path) -> None:
+    """A cache filled beforehand and mounted read-only: its base cannot be given to QEMU's
+    group, and need not be when QEMU may read it already; else one line says why."""
+    from kvmmgr.errors import StepError
+    from kvmmgr.facts import Identity
+    from kvmmgr.system import access
+    from kvmmgr.vm.qemu import QemuFile
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tmp_path.chmod(0o755)
+    (cache / "open.qcow2").write_bytes(b"base")
+    (cache / "closed.qcow2").write_bytes(b"base")
+    (cache / "open.qcow2").chmod(0o644)
+    (cache / "closed.qcow2").chmod(0o600)
+    qemu = Identity(QEMU_USER, grp.getgrnam(QEMU_USER).gr_gid, grp.getgrnam(QEMU_USER).gr_gid)
+    subprocess.run(["mount", "--bind", str(cache), str(cache)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(cache)], check=True)
+        given = access.grant([QemuFile(cache / "open.qcow2", False)], qemu, [qemu.gid], [cache])
+        assert given.files == 1
+        with pytest.raises(StepError, match=r"closed\.qcow2 usable by QEMU's group"):
+            access.grant([QemuFile(cache / "closed.qcow2", False)], qemu, [qemu.gid], [cache])
+    finally:
+        subprocess.run(["umount", str(cache)], check=True)
