@@ -226,11 +226,15 @@ def load_vm(env: Mapping[str, str]) -> VmSettings:
     get = partial(values.text, env)
     no_vnc = values.boolean(env, "NO_VNC")
     password = env.get("VNC_PASSWORD") or None
-    if password is not None and not 1 <= len(password.encode()) <= VNC_PASSWORD_MAX:
+    try:  # an environment's bytes that are not UTF-8 come as surrogates, which do not encode
+        size = len(password.encode()) if password is not None else 0
+    except UnicodeEncodeError:
+        raise ConfigError("VNC_PASSWORD is not UTF-8 text; the value is not shown") from None
+    if password is not None and not 1 <= size <= VNC_PASSWORD_MAX:
         # The VNC protocol's authentication uses only the first 8 bytes: refuse rather than
         # silently accept a password that is not what the user thinks it is.
         raise ConfigError(
-            f"VNC_PASSWORD has {len(password.encode())} bytes: expected 1 to 8 "
+            f"VNC_PASSWORD has {size} bytes: expected 1 to 8 "
             "(VNC authentication uses at most 8); the value is not shown"
         )
     hostname = get("HOSTNAME") or None
@@ -305,7 +309,7 @@ def load_readiness(env: Mapping[str, str]) -> Readiness:
     word, colon, port = raw.lower().partition(":")
     if word in {"qemu", "agent"} and not colon:
         return Readiness("qemu" if word == "qemu" else "agent")
-    if word == "tcp" and port.isdigit() and 1 <= int(port) <= 65535:
+    if word == "tcp" and values.decimal(port) and 1 <= int(port) <= 65535:
         address = values.ipv4("VM_IP", values.text(env, "VM_IP") or DEFAULT_VM_IP)
         return Readiness("tcp", int(port), address)
     raise ConfigError.bad_value("READINESS", raw, "qemu, agent or tcp:PORT (PORT 1-65535)")

@@ -18,6 +18,10 @@ class KvmManagerError(Exception):
 
     exit_status = EXIT_FAILURE
 
+    def __str__(self) -> str:
+        # One line, whatever the message quotes: a path or a file's words may hold newlines.
+        return " ".join(super().__str__().splitlines())
+
 
 class ConfigError(KvmManagerError):
     """A configuration value or input file is wrong; raised before any side effect."""
@@ -26,7 +30,7 @@ class ConfigError(KvmManagerError):
 
     @classmethod
     def bad_value(cls, name: str, value: object, expected: str) -> ConfigError:
-        return cls(f"{name}={value!r}: expected {expected}")
+        return cls(f"{name}={short(value)}: expected {expected}")
 
 
 class PreconditionError(KvmManagerError):
@@ -49,3 +53,10 @@ class CommandError(StepError):
         self.stderr = stderr.strip()
         detail = self.stderr.splitlines()[-1] if self.stderr else "no error output"
         super().__init__(f"{' '.join(self.argv)} exited with status {returncode}: {detail}")
+
+
+def short(value: object, limit: int = 100) -> str:
+    """The value's repr, cut to `limit` characters: a message quotes what was given, not a
+    megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from kvmmgr.config import NetworkSettings, Settings
-from kvmmgr.errors import ConfigError
+from kvmmgr.errors import ConfigError, short
 from kvmmgr.facts import Limits, PodFacts
 from kvmmgr.net.model import Attachment, PodDns, PodInterface, Route
 from kvmmgr.net.nics import LINK_TYPES
 from kvmmgr.net.podmemory import FILE_NAME as FORGOTTEN
 from kvmmgr.system import users
 from kvmmgr.system.devices import devices, opens
+from kvmmgr.system.files import UnfitFile, read_regular
 from kvmmgr.system.libload import load_iproute
 from kvmmgr.values import hostname as valid_hostname
 
@@ -34,6 +35,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 OUR_PREFIX = "kvm"  # kvmbr0, kvmtap0, kvmvtap1...: links kvm-manager made
 RTPROT_KERNEL = 2  # routes the kernel adds for an address's own subnet
 UNLIMITED_BYTES = 1 << 60  # cgroup v1 reports "no limit" as a huge page-aligned number
+MAX_RESOLV_CONF = 64 << 10  # bytes: kubelet writes a few hundred (32 domains at most)
 
 
 def observe(settings: Settings, remembered: Mapping[str, PodInterface]) -> PodFacts:
@@ -43,7 +45,7 @@ def observe(settings: Settings, remembered: Mapping[str, PodInterface]) -> PodFa
         hostname=hostname(settings),
         interfaces=interfaces,
         networks=networks,
-        dns=parse_resolv_conf(_read_text("RESOLV_CONF", settings.network.resolv_conf)),
+        dns=read_resolv_conf(settings.network.resolv_conf),
         limits=read_limits(),
         devices=devices(kvm_usable()),
         qemu_user=users.lookup(settings.vm.qemu_user),
@@ -166,9 +168,10 @@ def _route_order(route: Route) -> tuple[int, str]:
     return (-route.destination.prefixlen, str(route.destination))
 
 
-def parse_resolv_conf(text: str) -> PodDns:
+def parse_resolv_conf(text: str, source: str = "RESOLV_CONF") -> PodDns:
     """Every nameserver, and the search list (the last `search` or `domain` line wins, as in
-    glibc). Extra nameservers beyond glibc's three are kept: the guest's resolver may use them."""
+    glibc). Extra nameservers beyond glibc's three are kept: the guest's resolver may use them.
+    An error names `source` and the line."""
     nameservers: list[IPv4Address] = []
     nameservers6: list[IPv6Address] = []
     search: list[str] = []
@@ -182,7 +185,7 @@ def parse_resolv_conf(text: str) -> PodDns:
                 address = ip_address(values[0].split("%", 1)[0])
             except ValueError:
                 raise ConfigError(
-                    f"RESOLV_CONF line {number}: nameserver {values[0]!r} is not an IP address"
+                    f"{source} line {number}: nameserver {short(values[0])} is not an IP address"
                 ) from None
             if isinstance(address, IPv4Address):
                 nameservers.append(address)
@@ -263,10 +266,22 @@ def _read_word(path: Path) -> str | None:
         return None
 
 
-def _read_text(name: str, path: Path) -> str:
+def read_resolv_conf(path: Path) -> PodDns:
+    """RESOLV_CONF, whatever is at the path: anything but a small text file is one line that
+    names it and says what is wrong."""
+    source = f"RESOLV_CONF={str(path)!r}"
     try:
-        return path.read_text()
+        data = read_regular(path, MAX_RESOLV_CONF)
     except FileNotFoundError:
-        raise ConfigError(f"{name}={str(path)!r}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{name}={str(path)!r}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{source}: no such file") from None
+    except UnfitFile as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{source} line {line}: not UTF-8: expected text") from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ConfigError(f"{source} line {line}: a NUL byte: expected text")
+    return parse_resolv_conf(text, source)

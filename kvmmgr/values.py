@@ -24,8 +24,11 @@ MAX_MEMORY_MIB = 16 * 1024 * 1024
 _Word = TypeVar("_Word", bound=str)
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
-_MEMORY_RE = re.compile(r"^(\d+)\s*(M|Mi|MiB|MB|G|Gi|GiB|GB)?$")
-_DISK_SIZE_RE = re.compile(r"^(\d+)\s*(?:([KMGT])(?:i|iB|B)?)?$", re.IGNORECASE)
+# ASCII digits, at most 20: str.isdigit() and \d take '²' or '٣', and int() refuses the one
+# and 5000 digits of the other; a valid value never needs more.
+_DECIMAL_RE = re.compile(r"[0-9]{1,20}")
+_MEMORY_RE = re.compile(r"^([0-9]{1,20})\s*(M|Mi|MiB|MB|G|Gi|GiB|GB)?$")
+_DISK_SIZE_RE = re.compile(r"^([0-9]{1,20})\s*(?:([KMGT])(?:i|iB|B)?)?$", re.IGNORECASE)
 _CPU_MODEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 _HOST_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # useradd's default NAME_REGEX
@@ -154,8 +157,13 @@ def optional_number(name: str, raw: str, maximum: int) -> int | None:
     return number(name, raw, 1, maximum) if raw else None
 
 
+def decimal(raw: str) -> bool:
+    """A whole number written in ASCII digits, short enough to be read."""
+    return _DECIMAL_RE.fullmatch(raw) is not None
+
+
 def number(name: str, raw: str, minimum: int, maximum: int) -> int:
-    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+    if not decimal(raw) or not minimum <= int(raw) <= maximum:
         raise ConfigError.bad_value(name, raw, f"a whole number from {minimum} to {maximum}")
     return int(raw)
 
@@ -234,8 +242,8 @@ def _port_spec(name: str, item: str) -> PortSpec:
     last = last or first
     valid = (
         protocol in NAT_PROTOCOLS
-        and first.isdigit()
-        and last.isdigit()
+        and decimal(first)
+        and decimal(last)
         and 1 <= int(first) <= int(last) <= 65535
     )
     if not valid:

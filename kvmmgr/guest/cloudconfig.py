@@ -4,24 +4,32 @@ the network configuration, vendor data, and a check of user-data that claims to 
 
 from __future__ import annotations
 
-import email
-import gzip
+import itertools
 import json
+import re
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from email.feedparser import BytesFeedParser
+from email.message import Message
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-import yaml
-
+from kvmmgr import documents
 from kvmmgr.errors import ConfigError
 from kvmmgr.net.model import GuestNetwork, GuestNic, Route
 
 # Instance ids derive from the hostname, so they survive restarts (cloud-init reruns its
 # first-boot modules when the id changes) and differ between VMs.
 UUID_NAMESPACE = uuid.UUID("6f1b0e52-41c4-4c8e-9a57-6b7a0e5f2c11")
-MAX_UNPACKED = 64 << 20  # a gzip'd user-data is checked up to this size unpacked
+MAX_UNPACKED = 16 << 20  # bytes a gzip'd user-data may unpack to: what a file may hold
+# A MIME user-data is read with the email parser, which keeps an object per line and recurses
+# into nested multiparts: these bound its time and memory (cloud-init's own tools make a few
+# parts of a few lines).
+MAX_MIME_LINES = 200_000
+MAX_MIME_PARTS = 1000
+MAX_MULTIPARTS = 32  # the parser and walk() recurse into each one nested in another
+_MULTIPART = re.compile(rb"multipart/", re.IGNORECASE)
 
 
 def identity(metadata: Mapping[str, Any], hostname: str) -> tuple[str, str]:
@@ -175,10 +183,10 @@ def network_config_v2(net: GuestNetwork) -> dict[str, Any]:
 
 def vendor_data_json(vendordata: bytes) -> bytes:
     """vendor_data.json carries vendor data as JSON: JSON as it is, anything else (a
-    #cloud-config, a script) as the string under "cloud-init"."""
+    #cloud-config, a script, JSON beyond documents' bounds) as the string under "cloud-init"."""
     try:
-        json.loads(vendordata)
-    except ValueError:
+        documents.load_json(vendordata)
+    except documents.Invalid:
         text = vendordata.decode("utf-8", "replace")
         return (json.dumps({"cloud-init": text}, sort_keys=True) + "\n").encode()
     return vendordata
@@ -194,12 +202,40 @@ def check_cloud_config(name: str, path: str, data: bytes) -> None:
     if stripped.startswith(b"#cloud-config"):
         _check_yaml(name, path, data, "")
     elif stripped[:64].lower().startswith((b"content-type: multipart", b"mime-version:")):
-        message = email.message_from_bytes(data)
-        for number, part in enumerate(message.walk(), start=1):
+        for number, part in enumerate(_mime_parts(name, path, data), start=1):
             if part.get_content_type() == "text/cloud-config":
                 payload = part.get_payload(decode=True)
                 if isinstance(payload, bytes):
                     _check_yaml(name, path, payload, f" (MIME part {number})")
+
+
+def _mime_parts(name: str, path: str, data: bytes) -> list[Message]:
+    """Every part of a MIME message, the message first, read within MAX_MIME_* bounds."""
+    if data.count(b"\n") > MAX_MIME_LINES:
+        raise ConfigError(
+            f"{name} {path}: a MIME message of more than {MAX_MIME_LINES} lines: expected fewer"
+        )
+    # Each multipart names its type: counting the names bounds how deep they nest.
+    multiparts = itertools.islice(_MULTIPART.finditer(data), MAX_MULTIPARTS + 1)
+    if sum(1 for _ in multiparts) > MAX_MULTIPARTS:
+        raise ConfigError(f"{name} {path}: more than {MAX_MULTIPARTS} multiparts: expected fewer")
+    parser = BytesFeedParser(_factory=_part_factory(name, path))
+    parser.feed(data)
+    return list(parser.close().walk())
+
+
+def _part_factory(name: str, path: str) -> Callable[..., Message]:
+    """Message, as the parser makes one per part, refusing beyond MAX_MIME_PARTS."""
+    made = itertools.count()
+
+    def part(*args: Any, **kwargs: Any) -> Message:
+        if next(made) > MAX_MIME_PARTS:
+            raise ConfigError(
+                f"{name} {path}: more than {MAX_MIME_PARTS} MIME parts: expected fewer"
+            )
+        return Message(*args, **kwargs)
+
+    return part
 
 
 def _check_yaml(name: str, path: str, data: bytes, where: str) -> None:
@@ -213,18 +249,28 @@ def _check_yaml(name: str, path: str, data: bytes, where: str) -> None:
 def load_yaml(name: str, path: object, data: bytes, kind: str = "YAML", where: str = "") -> Any:
     """The document, or one line naming the input, the file, the line and the problem."""
     try:
-        return yaml.safe_load(data)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{name} {path}{where}{line}: invalid {kind}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{name} {path}{where}: invalid {kind}: {exc}") from None
+        return documents.load_yaml(data)
+    except documents.Invalid as exc:
+        raise ConfigError(f"{name} {path}{where}{exc.at}: invalid {kind}: {exc.problem}") from None
 
 
 def _gunzip(name: str, path: str, data: bytes) -> bytes:
-    unpacker = zlib.decompressobj(wbits=31)
-    try:
-        return unpacker.decompress(data, MAX_UNPACKED)
-    except (zlib.error, gzip.BadGzipFile) as exc:
-        raise ConfigError(f"{name} {path}: gzip'd user-data is damaged: {exc}") from None
+    """What cloud-init unpacks: every member, whole (a bomb is refused past MAX_UNPACKED)."""
+    members: list[bytes] = []
+    size = 0
+    while data:
+        unpacker = zlib.decompressobj(wbits=31)
+        try:
+            members.append(unpacker.decompress(data, MAX_UNPACKED + 1 - size))
+        except zlib.error as exc:
+            raise ConfigError(f"{name} {path}: gzip'd user-data is damaged: {exc}") from None
+        size += len(members[-1])
+        if size > MAX_UNPACKED:
+            raise ConfigError(
+                f"{name} {path}: gzip'd user-data unpacks to more than "
+                f"{MAX_UNPACKED >> 20} MiB: expected at most that"
+            )
+        if not unpacker.eof:
+            raise ConfigError(f"{name} {path}: gzip'd user-data is cut short: expected all of it")
+        data = unpacker.unused_data.lstrip(b"\0")  # zeros may pad members, as gzip allows
+    return b"".join(members)  # one member: that very object, not a copy

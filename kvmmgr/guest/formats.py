@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import yaml
 
+from kvmmgr import documents
 from kvmmgr.errors import ConfigError
 from kvmmgr.guest import cloudconfig
 from kvmmgr.net.model import GuestNetwork
@@ -57,11 +58,11 @@ def to_yaml(value: Mapping[str, Any]) -> bytes:
 
 def _check_network_data_json(path: Path, raw: bytes) -> None:
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
+        value = documents.load_json(raw)
+    except documents.Invalid as exc:
         raise ConfigError(
-            f"NETWORKDATA_PATH {path}: expected OpenStack network_data.json (JSON) for "
-            f"CONFIG_DRIVE_FORMAT=configdrive: {exc}"
+            f"NETWORKDATA_PATH {path}{exc.at}: expected OpenStack network_data.json (JSON) for "
+            f"CONFIG_DRIVE_FORMAT=configdrive: {exc.problem}"
         ) from None
     if not isinstance(value, dict):
         raise ConfigError(f"NETWORKDATA_PATH {path}: expected a JSON object")

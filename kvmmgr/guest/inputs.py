@@ -1,5 +1,6 @@
 """The config drive's inputs, read from the ConfigMap and Secret mounts and checked: a missing
-file is simply absent, an unreadable, oversized or invalid one an error naming it."""
+file is simply absent, an unreadable, oversized or invalid one an error naming it, and so is
+anything but a regular file (or a link to one), which is not even opened."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from kvmmgr.config import InputPaths
-from kvmmgr.errors import ConfigError
+from kvmmgr.errors import ConfigError, short
 from kvmmgr.guest import cloudconfig
 from kvmmgr.guest.drive import DriveInputs
+from kvmmgr.system.files import UnfitFile, read_regular
 
 MAX_INPUT = 16 << 20  # bytes: larger inputs are refused (cloud-init reads them in memory)
 
@@ -35,24 +37,32 @@ def parse_metadata(path: Path, raw: bytes) -> dict[str, Any]:
             f"METADATA_PATH {path}: expected a mapping of keys to values, "
             f"got {type(value).__name__}"
         )
+    _check_keys(path, value)
     return value
+
+
+def _check_keys(path: Path, metadata: dict[Any, Any]) -> None:
+    """Every key a string: the drive writes the metadata as JSON (or YAML), keys sorted."""
+    pending: list[Any] = [metadata]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending += item
+        elif isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise ConfigError(
+                        f"METADATA_PATH {path}: the key {short(key)} ({type(key).__name__}) "
+                        "is not text: expected a string (quote it)"
+                    )
+            pending += item.values()
 
 
 def _read_optional(name: str, path: Path) -> bytes | None:
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_INPUT + 1)
+        return read_regular(path, MAX_INPUT)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise ConfigError(
-            f"{name}={str(path)!r}: is a directory: expected a file "
-            "(mount the ConfigMap key with subPath)"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{name}={str(path)!r}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_INPUT:
-        raise ConfigError(
-            f"{name}={str(path)!r}: larger than {MAX_INPUT >> 20} MiB: expected a smaller file"
-        )
-    return data
+    except UnfitFile as exc:
+        hint = " (mount the ConfigMap key with subPath)" if path.is_dir() else ""
+        raise ConfigError(f"{name}={str(path)!r}: {exc}{hint}") from None

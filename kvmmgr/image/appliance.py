@@ -41,7 +41,7 @@ def from_record(data: Any) -> Appliance | None:
         disks=tuple(d for d in disks if isinstance(d, str) and _NAME_RE.fullmatch(d)),
         memory_mib=_number(data.get("memory_mib"), MAX_MEMORY_MIB),
         cpus=_number(data.get("cpus"), MAX_CPUS),
-        nic_models=tuple(m for m in data.get("nic_models") or () if m in NIC_MODELS),
+        nic_models=tuple(m for m in _list(data.get("nic_models")) if m in NIC_MODELS),
         disk_bus=data.get("disk_bus") if data.get("disk_bus") in BUSES else None,
         firmware="uefi" if data.get("firmware") == "uefi" else None,
     )
@@ -50,6 +50,10 @@ def from_record(data: Any) -> Appliance | None:
 def plain_name(name: object) -> bool:
     """A file name with no directory in it: what a record may name beside the base."""
     return isinstance(name, str) and bool(_NAME_RE.fullmatch(name)) and name not in {".", ".."}
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def _number(value: object, maximum: int) -> int | None:

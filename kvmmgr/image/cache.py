@@ -24,7 +24,14 @@ from kvmmgr.image.cachelock import CacheLock
 from kvmmgr.image.disks import DiskPlan
 from kvmmgr.image.overlay import check_size_fits_base
 from kvmmgr.image.progress import size
-from kvmmgr.image.records import BaseRecord, as_json, hidden, read_record, text_of
+from kvmmgr.image.records import (
+    BaseRecord,
+    as_json,
+    hidden,
+    load_record,
+    read_record,
+    text_of,
+)
 from kvmmgr.image.sources import HttpSource, LocalSource
 from kvmmgr.system.files import write_atomic
 
@@ -32,7 +39,10 @@ log = logging.getLogger("kvmmgr")
 
 
 def check_available(plan: DiskPlan) -> None:
-    """Read-only, before any side effect: can the base image be had at all?"""
+    """Read-only, before any side effect: can the base image be had at all? (And is the VM
+    disk's record of its base one to go by: the disk step reads it after the image step.)"""
+    if plan.overlay.exists():
+        load_record(hidden(plan.overlay, ".json"))
     if plan.ca_bundle is not None and not plan.ca_bundle.is_file():
         raise ConfigError.bad_value("IMG_CA_BUNDLE", str(plan.ca_bundle), "an existing PEM file")
     if plan.base.exists():

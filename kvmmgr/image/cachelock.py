@@ -19,17 +19,22 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kvmmgr.errors import ConfigError, StepError
 from kvmmgr.image.progress import duration
+from kvmmgr.system.files import UnfitFile, read_regular
 
 log = logging.getLogger("kvmmgr")
 
 POLL = 0.25  # seconds between tries while another start holds the lock
 REPORT_EVERY = 10.0
 UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+HOLDER_MAX = 1024  # bytes: "vm-3 (pid 12)"
+NOT_A_FILE = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a directory"}  # at the lock's path
 
 
 class CacheLock:
@@ -83,7 +88,20 @@ class CacheLock:
             os.close(fd)  # closing drops the lock
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """The lock file, which must be one: the cache is a volume other pods write too (a
+        link is not followed; a FIFO would not block the open, but is no file to lock)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno in NOT_A_FILE:
+                what = NOT_A_FILE[exc.errno]
+                raise ConfigError(f"{self.path}: {what}: expected the cache's lock file") from None
+            raise StepError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{self.path}: not a regular file: expected the cache's lock file")
+        return fd
 
     def _still_there(self, fd: int) -> bool:
         """Whether the locked file is the one at our path (not one removed meanwhile)."""
@@ -98,6 +116,7 @@ class CacheLock:
 
     def _current_holder(self) -> str:
         try:
-            return self.path.read_text().strip() or "another start"
-        except OSError:
+            said = read_regular(self.path, HOLDER_MAX).decode(errors="replace")
+        except (OSError, UnfitFile):
             return "another start"
+        return " ".join(said.split()) or "another start"  # one line, whatever it holds

@@ -4,7 +4,6 @@ overwritten or rebased; it only grows, to VM_DISK_SIZE when that is raised."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from kvmmgr.errors import ConfigError, StepError
 from kvmmgr.image import diskformat, headers
 from kvmmgr.image.disks import DiskPlan
 from kvmmgr.image.progress import size
-from kvmmgr.image.records import BaseRecord, as_json, base_record, hidden
+from kvmmgr.image.records import BaseRecord, as_json, base_record, hidden, load_record
 from kvmmgr.system import proc
 from kvmmgr.system.files import write_atomic
 
@@ -165,9 +164,8 @@ def _check_room(plan: DiskPlan, growth: int) -> None:
 
 def _check_same_base(plan: DiskPlan, overlay_record: Path, now: BaseRecord) -> None:
     """An overlay on a base that changed would show the VM a disk of mixed contents."""
-    try:
-        then = BaseRecord(**json.loads(overlay_record.read_text()))
-    except (OSError, ValueError, TypeError):
+    then = load_record(overlay_record)
+    if then is None:
         return  # made before records existed, or by hand: nothing to compare with
     changes = []
     if then.size != now.size:

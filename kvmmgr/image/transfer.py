@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from kvmmgr import documents
 from kvmmgr.errors import StepError
 from kvmmgr.image import unpack
 from kvmmgr.image.hashing import BackgroundSha256
 from kvmmgr.image.progress import Progress, size
-from kvmmgr.system.files import write_atomic
+from kvmmgr.system.files import UnfitFile, read_regular, write_atomic
 
 log = logging.getLogger("kvmmgr")
 
@@ -47,6 +48,13 @@ class WorkFiles:
     def remove(self) -> None:
         for path in (self.part, self.state, self.unpacked):
             path.unlink(missing_ok=True)
+
+
+STATE_MAX = 64 << 10  # bytes of a part's state: a URL and its validators
+STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "url": str, "etag": documents.TEXT_OR_NULL, "last_modified": documents.TEXT_OR_NULL,
+    "total": (int, type(None)), "synced": int,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -214,9 +222,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 def read_state(files: WorkFiles, url: str) -> PartState | None:
     """The part's state, if it is for this URL and can be resumed at all."""
-    try:
-        state = PartState(**json.loads(files.state.read_text()))
-    except (OSError, ValueError, TypeError):
+    try:  # bounded: the cache is a volume other pods write too
+        raw = documents.load_json(read_regular(files.state, STATE_MAX))
+        state = PartState(**documents.fields(raw, STATE_FIELDS))
+    except (OSError, UnfitFile, documents.Invalid):
+        return None  # nothing to resume from: the download starts over
+    if state.synced < 0:
         return None
     if state.url != url or state.validator is None or not files.part.exists():
         return None

@@ -8,11 +8,13 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from kvmmgr.errors import EXIT_CONFIG, EXIT_FAILURE
 from podlab.lab import CAPABILITIES, KVM_MANAGER, PodLab
+from tests.hostile import DEEP_FLOW, fifo, gzip_bomb, laughs, link_to, loop
 from tests.netns.snapshot import pod_state
 
 
@@ -48,6 +50,36 @@ def _oversized_userdata(lab: PodLab) -> None:
 def _userdata_is_a_directory(lab: PodLab) -> None:
     (lab.volumes / "userdata").unlink()
     (lab.volumes / "userdata").mkdir()
+
+
+def _outside_the_volumes(name: str, make: Callable[[Path], None]) -> Callable[[PodLab], None]:
+    """A hostile file beside the volumes ({hostile}/NAME), not in them: the snapshot reads every
+    file of the volumes, and a FIFO or a device is no file to read."""
+
+    def prepare(lab: PodLab) -> None:
+        (lab.workdir / "hostile").mkdir(exist_ok=True)
+        make(lab.workdir / "hostile" / name)
+
+    return prepare
+
+
+def _writing(data: Callable[[], bytes]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_bytes(data())
+
+    return write
+
+
+def _in_a_volume(name: str, data: Callable[[], bytes]) -> Callable[[PodLab], None]:
+    return lambda lab: _writing(data)(lab.volumes / name)
+
+
+def _base_with_a_record(data: bytes) -> Callable[[PodLab], None]:
+    def prepare(lab: PodLab) -> None:
+        _base_already_cached(lab)
+        (lab.volumes / "image" / ".base.qcow2.json").write_bytes(data)
+
+    return prepare
 
 
 def _base_already_cached(lab: PodLab) -> None:
@@ -189,6 +221,54 @@ CASES = [
     Case("invalid #cloud-config", {}, "invalid #cloud-config YAML", _invalid_cloud_config),
     Case("user-data over 16 MiB", {}, "USERDATA_PATH", _oversized_userdata),
     Case("user-data is a directory", {}, "USERDATA_PATH", _userdata_is_a_directory),
+    # Hostile files: each refused unread or within bounds (tests/unit/test_hostile_files.py
+    # has the full list), in one line naming it.
+    Case(
+        "resolv.conf is a FIFO",
+        {"RESOLV_CONF": "{hostile}/resolv.conf"},
+        "resolv.conf': is a FIFO",
+        _outside_the_volumes("resolv.conf", fifo),
+    ),
+    Case(
+        "user-data is /dev/zero",
+        {"USERDATA_PATH": "{hostile}/userdata"},
+        "userdata': is a character device",
+        _outside_the_volumes("userdata", link_to("/dev/zero")),
+    ),
+    Case(
+        "metadata is a symlink loop",
+        {"METADATA_PATH": "{hostile}/metadata"},
+        "Too many levels of symbolic links",
+        _outside_the_volumes("metadata", loop),
+    ),
+    Case(
+        "network data nests 100k deep",
+        {"NETWORKDATA_PATH": "{hostile}/networkdata"},
+        "networkdata: expected OpenStack network_data.json",
+        _outside_the_volumes("networkdata", _writing(lambda: DEEP_FLOW)),
+    ),
+    Case(
+        "user-data is a gzip bomb", {}, "unpacks to more than", _in_a_volume("userdata", gzip_bomb)
+    ),
+    Case("metadata is billion laughs", {}, "each alias counted", _in_a_volume("metadata", laughs)),
+    Case(
+        "resolv.conf is one 16 MiB line",
+        {},
+        "larger than 64 KiB",
+        _in_a_volume("resolv.conf", lambda: b"search " + b"x" * (16 << 20)),
+    ),
+    Case(
+        "remembered interfaces nest 100k deep",
+        {},
+        "pod-interfaces.json: not the pod's interfaces",
+        _in_a_volume("run/pod-interfaces.json", lambda: DEEP_FLOW),
+    ),
+    Case(
+        "the base's record is not one",
+        {},
+        ".base.qcow2.json: not a record",
+        _base_with_a_record(b'{"size": "big"}'),
+    ),
     *(
         Case(
             f"no {cap} capability",
@@ -248,7 +328,9 @@ def test_bad_input_is_one_line_a_documented_status_and_changes_nothing(
     if case.mount:
         request.addfinalizer(case.mount(lab))
     env = {
-        name: value.format(bin=lab.workdir / "bin") if value else value
+        name: value.format(bin=lab.workdir / "bin", hostile=lab.workdir / "hostile")
+        if value
+        else value
         for name, value in case.env.items()
     }
     before = pod_state(lab)
