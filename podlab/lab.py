@@ -163,6 +163,10 @@ class PodLab:
         for name in ("image", "run"):
             (self.volumes / name).mkdir(parents=True, exist_ok=True)
         self.open_volumes()
+        resolv = [f"nameserver {ns}" for ns in NAMESERVERS] + [f"search {' '.join(SEARCH)}"]
+        (self.volumes / "resolv.conf").write_text("\n".join([*resolv, "options ndots:5", ""]))
+        (self.volumes / "userdata").write_text(USERDATA)
+        (self.volumes / "metadata").write_text(METADATA)
 
     def open_volumes(self) -> None:
         """A kubelet's volume directories are reachable by every user of the pod; pytest's
@@ -173,10 +177,6 @@ class PodLab:
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
                 parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-        resolv = [f"nameserver {ns}" for ns in NAMESERVERS] + [f"search {' '.join(SEARCH)}"]
-        (self.volumes / "resolv.conf").write_text("\n".join([*resolv, "options ndots:5", ""]))
-        (self.volumes / "userdata").write_text(USERDATA)
-        (self.volumes / "metadata").write_text(METADATA)
 
     def serve_file(self, name: str, content: str) -> None:
         """Put a file on the node's HTTP server (port IMAGE_PORT)."""
