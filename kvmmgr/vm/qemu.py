@@ -25,8 +25,8 @@ AGENT_SOCKET = "qga.sock"  # in RUN_DIR
 VNC_SECRET_ID = "vncpass"
 VNC_PASSWORD_FILE = "vnc-password"  # in RUN_DIR, beside the QMP socket
 OVMF = Path("/usr/share/OVMF")  # Debian's ovmf package
-# QEMU opens nothing of the pod's by itself but its disk files: kvm-manager hands it its
-# listening sockets and its taps already open, on these file descriptors.
+# QEMU opens nothing of the pod's by itself but its files (QemuPlan.files): kvm-manager hands
+# it its listening sockets and its taps already open, on these file descriptors.
 QMP_FD = 90
 AGENT_FD = 91
 TAP_FD_BASE = 200  # tap NIC i on 200 + i (macvtaps: nics.MACVTAP_FD_BASE)
