@@ -8,6 +8,7 @@ from ipaddress import IPv4Network
 from kvmmgr.net.model import PodDns, PodInterface
 
 KVM = "/dev/kvm"
+TUN = "/dev/net/tun"  # opened by kvm-manager only, for the taps it hands QEMU
 VHOST_NET = "/dev/vhost-net"
 
 

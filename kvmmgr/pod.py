@@ -21,7 +21,7 @@ from typing import Any
 
 from kvmmgr.config import NetworkSettings, Settings
 from kvmmgr.errors import ConfigError, short
-from kvmmgr.facts import Limits, PodFacts
+from kvmmgr.facts import KVM, Limits, PodFacts
 from kvmmgr.net.model import Attachment, PodDns, PodInterface, Route
 from kvmmgr.net.nics import LINK_TYPES
 from kvmmgr.net.podmemory import FILE_NAME as FORGOTTEN
@@ -243,7 +243,7 @@ def _limits_v1(root: Path, paths: dict[str, str]) -> Limits:
     return Limits(memory_mib, cpus)
 
 
-def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), device: str = "/dev/kvm") -> bool:
+def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), device: str = KVM) -> bool:
     """KVM works for a stock guest only with hardware virtualisation: some hosts expose a
     /dev/kvm (e.g. PVM) that opens but cannot run an ordinary kernel."""
     if opens(device) is not None:

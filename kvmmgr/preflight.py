@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kvmmgr.errors import PreconditionError, StepError
 from kvmmgr.facts import KVM
+from kvmmgr.facts import TUN as TUN_DEVICE
 from kvmmgr.net.dhcp import DNSMASQ_USER
 from kvmmgr.net.nics import MacvtapLink
 from kvmmgr.plan import Plan
@@ -35,7 +36,6 @@ CAPABILITIES = {
     "SETUID": (7, "QEMU's and dnsmasq's change of user"),
     "SETPCAP": (8, "emptying QEMU's bounding set of capabilities"),
 }
-TUN_DEVICE = "/dev/net/tun"
 # Each is there once the node has loaded the module; a container cannot load it.
 IPTABLES_MODULES = {4: ("ip_tables_names", "ip_tables"), 6: ("ip6_tables_names", "ip6_tables")}
 

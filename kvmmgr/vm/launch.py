@@ -12,11 +12,11 @@ import struct
 from pathlib import Path
 
 from kvmmgr.errors import StepError
+from kvmmgr.facts import TUN as TUN_DEVICE
 from kvmmgr.system import privileges
 from kvmmgr.system.files import write_atomic
 from kvmmgr.vm.qemu import VNC_PASSWORD_FILE, FirmwarePlan, QemuPlan
 
-TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 TUNSETOWNER = 0x400454CC
 TUNSETGROUP = 0x400454CE
