@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import boot, convert, datapath, fetch, startup
+from benchmarks import boot, convert, datapath, fetch, metrics, startup
 
 
 def main() -> int:
@@ -27,6 +27,7 @@ def main() -> int:
          + (["--size-gib", "0.5"] if quick else [])),
         ("Appliance import", convert.main, ["--runs", "1" if quick else "3"]
          + (["--size-mib", "256"] if quick else [])),
+        ("Metrics scrape", metrics.main, ["--runs", "20" if quick else "200"]),
     ]  # fmt: skip
     for title, run, args in suites:
         print(f"\n## {title}\n", flush=True)

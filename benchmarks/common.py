@@ -55,6 +55,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def ms1(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
 def ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:.2f}" if baseline else "-"
 

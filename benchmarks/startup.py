@@ -26,7 +26,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import PYTHON, REPO, WORKDIR, median, ms, need_root, ratio, say, table, timed
+from benchmarks.common import (
+    PYTHON,
+    REPO,
+    WORKDIR,
+    median,
+    ms,
+    ms1,
+    need_root,
+    ratio,
+    say,
+    table,
+    timed,
+)
 from kvmmgr.startup import STEP_NAMES
 from podlab.lab import KVM_MANAGER, PodLab
 
@@ -174,10 +186,10 @@ def overhead(bench: Bench, runs: int) -> str:
     breakdown = table(
         ["step", "new pod", "container restart"],
         [
-            [name, _ms1(steps.median(name)), _ms1(steps.median(f"again {name}"))]
+            [name, ms1(steps.median(name)), ms1(steps.median(f"again {name}"))]
             for name in ("start", *STEPS)
         ]
-        + [["total", _ms1(setup), _ms1(samples.median("restart"))]],
+        + [["total", ms1(setup), ms1(samples.median("restart"))]],
     )
     return (
         f"Startup, median of {runs} runs (`start`: interpreter, imports and configuration, "
@@ -212,7 +224,7 @@ def scale(bench: Bench, runs: int) -> str:
             [
                 label,
                 ms(median([r.seconds for r in results])),
-                f"{step} {_ms1(median([r.steps.get(step, 0.0) for r in results]))}",
+                f"{step} {ms1(median([r.steps.get(step, 0.0) for r in results]))}",
                 f"{median([r.peak_mib for r in results]):.0f} MiB",
             ]
         )
@@ -223,10 +235,6 @@ def scale(bench: Bench, runs: int) -> str:
 
 def _first(bench: Bench, env: dict[str, str], resolv: str | None = None) -> Callable[[], Setup]:
     return lambda: bench.fresh_setup(resolv, restart=False, **env)[0]
-
-
-def _ms1(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

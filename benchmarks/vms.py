@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import say, timed
-from kvmmgr.vm.qemu import AGENT_FD, AGENT_SOCKET, QMP_FD, QMP_SOCKET, TAP_FD_BASE
+from kvmmgr.vm.qemu import (
+    AGENT_FD,
+    AGENT_SOCKET,
+    METRICS_QMP_FD,
+    METRICS_QMP_SOCKET,
+    QMP_FD,
+    QMP_SOCKET,
+    TAP_FD_BASE,
+)
 from podlab import debian, guest
 from podlab.lab import KVM_MANAGER, KvmManager, PodLab
 from podlab.netns import Namespace
@@ -96,6 +104,7 @@ def standalone(argv: Sequence[str], run_dir: Path) -> list[str]:
     by_name = {
         f"fd={QMP_FD}": f"path={run_dir / QMP_SOCKET}",
         f"fd={AGENT_FD}": f"path={run_dir / AGENT_SOCKET}",
+        f"fd={METRICS_QMP_FD}": f"path={run_dir / METRICS_QMP_SOCKET}",
     }
     words = []
     for word in argv:

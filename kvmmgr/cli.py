@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvmmgr")
 
-COMMANDS = ("run", "plan", "setup", "fetch", "status", "shutdown")
+COMMANDS = (
+    "run", "plan", "setup", "fetch", "status", "shutdown", "metrics", "cache", "rebase", "resize",
+)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +109,41 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the guest to power off (default 60)",
     )
     shutdown.set_defaults(handler=_shutdown)
+    _day_two_commands(commands)
     return parser
+
+
+def _day_two_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    metrics = commands.add_parser(
+        "metrics", help="serve the VM's Prometheus metrics on /metrics (a sidecar's command)"
+    )
+    metrics.add_argument(
+        "--port", type=int, default=None, help="TCP port (default: METRICS_PORT, else 9477)"
+    )
+    metrics.set_defaults(handler=_metrics)
+    cache = commands.add_parser("cache", help="the shared image cache: list or prune its bases")
+    what = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    listing = what.add_parser("list", help="each base: size, sha256, source, the VMs on it")
+    listing.add_argument("--json", action="store_true", help="as a JSON list")
+    listing.set_defaults(handler=_cache_list)
+    prune = what.add_parser(
+        "prune", help="remove the bases no VM disk uses, and leftover work files"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    prune.set_defaults(handler=_cache_prune)
+    rebase = commands.add_parser(
+        "rebase",
+        help="move the VM's stopped disk onto the base IMG_SOURCE/IMG_TARGET name (fetched if "
+        "need be), the guest seeing the same disk",
+    )
+    rebase.set_defaults(handler=_rebase)
+    resize = commands.add_parser(
+        "resize", help="grow the running VM's disk to VM_DISK_SIZE (or --size), over QMP"
+    )
+    resize.add_argument(
+        "--size", default=None, help="the new size, e.g. 20G (default: VM_DISK_SIZE)"
+    )
+    resize.set_defaults(handler=_resize)
 
 
 def _setup_logging(debug: bool) -> None:
@@ -229,6 +265,36 @@ def _shutdown(options: argparse.Namespace, extra: list[str]) -> int:
     status, what = shutdown_vm(_run_dir(), options.timeout)
     print(what)
     return status
+
+
+def _metrics(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr.metrics import server
+
+    return server.main(os.environ, options.port)
+
+
+def _cache_list(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr.image import inventory
+
+    return inventory.list_command(os.environ, as_json=options.json)
+
+
+def _cache_prune(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr.image import inventory
+
+    return inventory.prune_command(os.environ, dry_run=options.dry_run)
+
+
+def _rebase(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr.image import rebase
+
+    return rebase.main(_settings())
+
+
+def _resize(options: argparse.Namespace, extra: list[str]) -> int:
+    from kvmmgr.vm import resize
+
+    return resize.main(os.environ, options.size)
 
 
 def _settings() -> Settings:

@@ -16,7 +16,7 @@ from kvmmgr.errors import ConfigError
 from kvmmgr.guest.formats import DRIVE_FORMATS, DriveFormat
 from kvmmgr.image import unpack
 from kvmmgr.image.sources import DataDiskSource, ImageSource, NewDisk, PodDisk, parse_source
-from kvmmgr.net.model import NET_MODES, Attachment, NetMode, PortSpec
+from kvmmgr.net.model import NET_MODES, VNC_PORT, Attachment, NetMode, PortSpec
 
 Accel = Literal["auto", "kvm", "tcg"]
 Machine = Literal["pc", "q35"]
@@ -37,8 +37,15 @@ MAX_CPUS = 255  # QEMU's limit for the pc machine
 MAX_RETRIES = 100
 VNC_PASSWORD_MAX = 8  # bytes: VNC's authentication uses no more
 MAX_DATA_DISKS = 16
+MAX_PORT = 65535
 # The unprivileged user QEMU runs as once the setup is done (the image creates it).
 DEFAULT_QEMU_USER = "kvmmgr-qemu"
+# When IMG_TARGET names another base than the VM's disk was made on. keep: the disk stays on
+# its base (a pet); rebase: it is moved onto the new one at the start, the guest seeing the
+# same disk (a pet upgraded); reimage: it is made afresh on the new one (cattle, which keep
+# no state on their disk).
+DiskPolicy = Literal["keep", "rebase", "reimage"]
+DISK_POLICIES: tuple[DiskPolicy, ...] = ("keep", "rebase", "reimage")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class ImageSettings:
     vm_dir: Path  # the VM's own disk
     disk_size: int | None  # bytes; None: the base image's size
     data_disks: tuple[DataDiskSource, ...] = ()  # VM_DATA_DISKS, in order
+    disk_policy: DiskPolicy = "keep"  # VM_DISK_POLICY: what a disk does when the base changes
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class Hardware:
     cpu_model: str | None = None  # a QEMU CPU model; None: host under KVM, qemu64 under TCG
     serial: str | None = None  # SMBIOS system serial; None: derived from the host name
     uuid: UUID | None = None  # SMBIOS system UUID; None: derived from the host name
+    balloon: bool = False  # VM_BALLOON: a virtio balloon (memory figures, from the guest too)
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class NetworkSettings:
     nat_exclude: tuple[PortSpec, ...]
     dhcp: bool
     dnsmasq_opts: tuple[str, ...]
+    metrics_port: int | None = None  # METRICS_PORT: TCP kept for the metrics sidecar
 
     @property
     def modes(self) -> set[NetMode]:
@@ -153,6 +163,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             str(vm.readiness),
             "qemu or agent when no NIC is in nat mode (tcp:PORT connects to VM_IP)",
         )
+    if vm.vnc and network.metrics_port == VNC_PORT:
+        raise ConfigError.bad_value(
+            "METRICS_PORT", str(VNC_PORT), f"another port than {VNC_PORT}, QEMU's VNC (or NO_VNC)"
+        )
     return Settings(
         image=image,
         vm=vm,
@@ -166,6 +180,12 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 def run_dir_of(env: Mapping[str, str]) -> Path:
     """RUN_DIR: all that `status` and `shutdown` need, whatever else is configured."""
     return values.abs_path(env, "RUN_DIR", DEFAULT_RUN_DIR)
+
+
+def load_metrics_port(env: Mapping[str, str]) -> int | None:
+    """METRICS_PORT: the metrics sidecar's TCP port, which the VM container then keeps."""
+    raw = values.text(env, "METRICS_PORT")
+    return values.number("METRICS_PORT", raw, 1, MAX_PORT) if raw else None
 
 
 def load_image(env: Mapping[str, str]) -> ImageSettings:
@@ -194,6 +214,9 @@ def load_image(env: Mapping[str, str]) -> ImageSettings:
         vm_dir=values.abs_path(env, "VM_DIR", str(image_dir)),
         disk_size=values.disk_size("VM_DISK_SIZE", values.text(env, "VM_DISK_SIZE")),
         data_disks=_data_disks(values.text(env, "VM_DATA_DISKS")),
+        disk_policy=values.choice(
+            "VM_DISK_POLICY", values.text(env, "VM_DISK_POLICY") or "keep", DISK_POLICIES
+        ),
     )
 
 
@@ -219,6 +242,7 @@ def load_network(env: Mapping[str, str]) -> NetworkSettings:
         nat_exclude=nat_exclude,
         dhcp=not values.boolean(env, "NO_DHCP"),
         dnsmasq_opts=dnsmasq_opts,
+        metrics_port=load_metrics_port(env),
     )
 
 
@@ -283,6 +307,7 @@ def load_hardware(env: Mapping[str, str]) -> Hardware:
         cpu_model=values.cpu_model("VM_CPU_MODEL", get("VM_CPU_MODEL")),
         serial=values.serial("VM_SERIAL", get("VM_SERIAL")),
         uuid=values.uuid_of("VM_UUID", get("VM_UUID")),
+        balloon=values.boolean(env, "VM_BALLOON"),
     )
 
 

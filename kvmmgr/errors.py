@@ -11,6 +11,7 @@ EXIT_NOT_RUNNING = 3  # status/shutdown: QEMU is not running
 EXIT_FORCED = 4  # shutdown: the guest ignored ACPI and QEMU was quit hard
 EXIT_NOT_READY = 5  # status --ready: QEMU runs, but the guest is not ready (READINESS)
 EXIT_DEGRADED = 6  # status: QEMU runs, but a part the VM depends on is not as planned
+EXIT_IN_USE = 7  # rebase: the VM runs, or another process has its disk open
 
 
 class KvmManagerError(Exception):
@@ -38,6 +39,12 @@ class PreconditionError(KvmManagerError):
     directory); found before any side effect."""
 
     exit_status = EXIT_CONFIG
+
+
+class InUseError(KvmManagerError):
+    """The VM's disk is in use (the VM runs): changing it now would corrupt what it sees."""
+
+    exit_status = EXIT_IN_USE
 
 
 class StepError(KvmManagerError):

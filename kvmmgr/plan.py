@@ -78,7 +78,13 @@ def make_plan(
         accel=_accel(settings, pod, notes),
     )
     hardware = build_hardware(settings.vm, appliance, vm, len(nics), notes)
-    disks = build_disks(settings.image, pod.hostname, base.data_disks)
+    disks = build_disks(settings.image, pod.hostname, base.data_disks, base.made_on)
+    if disks.wanted is not None:
+        notes.append(
+            f"disk: {disks.overlay} was made on {disks.base.name}, not on IMG_TARGET's "
+            f"{disks.wanted.name}: it keeps its base (VM_DISK_POLICY=keep); `kvm-manager "
+            "rebase` moves it, VM_DISK_POLICY=reimage makes it afresh"
+        )
     dhcp = _dhcp(settings, pod, nics, notes)
     config_drive = _config_drive(settings, pod, nics, inputs)
     qemu = build_qemu(
@@ -103,7 +109,12 @@ def make_plan(
         nics=nics,
         sysctls=build_sysctls(nics),
         disks=disks,
-        firewall=build_firewall(nics=nics, keep_vnc=settings.vm.vnc, exclude=network.nat_exclude),
+        firewall=build_firewall(
+            nics=nics,
+            keep_vnc=settings.vm.vnc,
+            exclude=network.nat_exclude,
+            metrics_port=network.metrics_port,
+        ),
         dhcp=dhcp,
         dhcp_guard=_guard(nics) if dhcp else None,
         config_drive=config_drive,

@@ -19,7 +19,7 @@ from ipaddress import (
 from pathlib import Path
 from typing import Any
 
-from kvmmgr.config import NetworkSettings, Settings
+from kvmmgr.config import NetworkSettings, Settings, VmSettings
 from kvmmgr.errors import ConfigError, short
 from kvmmgr.facts import KVM, Limits, PodFacts
 from kvmmgr.net.model import Attachment, PodDns, PodInterface, Route
@@ -53,8 +53,12 @@ def observe(settings: Settings, remembered: Mapping[str, PodInterface]) -> PodFa
 
 
 def hostname(settings: Settings) -> str:
+    return vm_name(settings.vm)
+
+
+def vm_name(vm: VmSettings) -> str:
     """HOSTNAME (set in every container) names the VM; the kernel's host name otherwise."""
-    return settings.vm.hostname or valid_hostname("hostname", socket.gethostname())
+    return vm.hostname or valid_hostname("hostname", socket.gethostname())
 
 
 def observe_network(

@@ -20,9 +20,10 @@ from kvmmgr.config import Settings
 from kvmmgr.facts import PodFacts
 from kvmmgr.guest import inputs, iso
 from kvmmgr.guest.drive import DriveInputs
-from kvmmgr.image import cache, overlay
+from kvmmgr.image import cache, overlay, usage
 from kvmmgr.image.appliance import BaseFacts
-from kvmmgr.image.disks import build_disks
+from kvmmgr.image.disks import build_disks, claimed_bases
+from kvmmgr.metrics import record
 from kvmmgr.net import dnsmasq, iptables, links, nftables, podmemory
 from kvmmgr.net.model import PodInterface
 from kvmmgr.net.nics import NatLink, NicPlan
@@ -73,7 +74,10 @@ def replan(settings: Settings) -> Plan:
 def _observe(settings: Settings) -> tuple[PodFacts, BaseFacts]:
     with timed("observe"):
         facts = pod.observe(settings, podmemory.load(settings.run_dir))
-        return facts, cache.base_facts(build_disks(settings.image, facts.hostname))
+        image, name = settings.image, facts.hostname
+        made_on = overlay.made_on(build_disks(image, name), image.image_dir)
+        disks = build_disks(image, name, made_on=made_on)
+        return facts, dataclasses.replace(cache.base_facts(disks), made_on=made_on)
 
 
 def _prepare(settings: Settings, extra_qemu_args: Sequence[str]) -> tuple[Plan, Context]:
@@ -106,14 +110,20 @@ def setup(
 
 
 def apply(plan: Plan, context: Context) -> Plan:
-    """The steps, in order. Each is idempotent: a second run converges to the same state."""
-    ensure_private_dir(context.settings.run_dir)
+    """The steps, in order. Each is idempotent: a second run converges to the same state.
+    Each step's time goes to the startup record as it ends (RUN_DIR/startup.json)."""
+    run_dir = context.settings.run_dir
+    ensure_private_dir(run_dir)
+    steps: tuple[tuple[str, float], ...] = ()
+    record.forget(run_dir)  # the last start's; this one's is written as its steps end
     for step in STEPS:
-        with timed(step.name):
+        with timed(step.name) as elapsed:
             done = step.run(plan, context)
         log.info("%s: %s", step.name, done)
         if step.replans:
             plan = _with_the_base(plan, context)
+        steps += ((step.name, elapsed.seconds),)
+        record.write(run_dir, record.from_plan(plan, steps))
         if os.environ.get(PAUSE_AFTER) == step.name:
             log.warning("paused after %s (%s is a test hook)", step.name, PAUSE_AFTER)
             os.kill(os.getpid(), signal.SIGSTOP)  # for the test to kill us right here
@@ -123,7 +133,7 @@ def apply(plan: Plan, context: Context) -> Plan:
 def _with_the_base(plan: Plan, context: Context) -> Plan:
     """A base fetched just now may be an appliance whose OVF says more (its hardware, its
     data disks): the plan is made again with it, and checked again."""
-    base = cache.base_facts(plan.disks)
+    base = dataclasses.replace(cache.base_facts(plan.disks), made_on=plan.base.made_on)
     if base == plan.base:
         return plan
     settings, before = context.settings, set(plan.notes)
@@ -219,11 +229,17 @@ class Vnc:
 
 
 def _image(plan: Plan, context: Context) -> cache.BaseImage:
-    return cache.ensure_base(plan.disks, cache.holder(plan.vm.hostname))
+    disks, name = plan.disks, plan.vm.hostname
+    claim = usage.Usage(name, str(disks.overlay), claimed_bases(disks), time.time())
+    return cache.ensure_base(disks, cache.holder(name), claim)
 
 
 def _disk(plan: Plan, context: Context) -> str:
-    done = [str(overlay.ensure_overlay(plan.disks))]
+    disk = overlay.ensure_overlay(plan.disks)
+    if disk.rebased_from is not None:  # the old base is no longer the disk's: its claim goes
+        claim = usage.Usage(plan.vm.hostname, str(disk.path), (disk.base.name,), time.time())
+        usage.write(disk.base.parent, claim)
+    done = [str(disk)]
     done += [f"data disk {said}" for said in overlay.ensure_data_disks(plan.disks)]
     done += filter(None, [launch.ensure_efi_vars(plan.qemu.firmware)])
     return "; ".join(done)
@@ -357,12 +373,19 @@ def _describe_nic(nic: NicPlan) -> str:
     )
 
 
+@dataclass
+class Elapsed:
+    seconds: float = 0.0  # set when the timed block ends
+
+
 @contextmanager
-def timed(name: str) -> Iterator[None]:
+def timed(name: str) -> Iterator[Elapsed]:
     """With DEBUG on, `timing: NAME 1.2 ms` (benchmarks/startup.py reads these lines)."""
+    elapsed = Elapsed()
     start = time.perf_counter()
-    yield
-    log.debug("timing: %s %.1f ms", name, (time.perf_counter() - start) * 1000)
+    yield elapsed
+    elapsed.seconds = time.perf_counter() - start
+    log.debug("timing: %s %.1f ms", name, elapsed.seconds * 1000)
 
 
 def peak_rss_mib(status: Path = Path("/proc/self/status")) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._+-]{1,255}")
@@ -69,3 +70,4 @@ class BaseFacts:
 
     appliance: Appliance | None = None
     data_disks: tuple[str, ...] = ()
+    made_on: Path | None = None  # the base the VM's existing disk was made on, if in the cache

@@ -7,6 +7,7 @@ partial or wrong image; a failed or interrupted start leaves at most the hidden 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Literal, assert_never
 
 from kvmmgr.errors import ConfigError, StepError
-from kvmmgr.image import convert, diskformat, headers, ova, transfer, unpack
+from kvmmgr.image import convert, diskformat, headers, ova, transfer, unpack, usage
 from kvmmgr.image.appliance import BaseFacts, from_record, plain_name
 from kvmmgr.image.cachelock import CacheLock
 from kvmmgr.image.disks import DiskPlan
@@ -33,6 +34,7 @@ from kvmmgr.image.records import (
     text_of,
 )
 from kvmmgr.image.sources import HttpSource, LocalSource
+from kvmmgr.image.usage import Usage
 from kvmmgr.system.files import write_atomic
 
 log = logging.getLogger("kvmmgr")
@@ -45,10 +47,22 @@ def check_available(plan: DiskPlan) -> None:
         load_record(hidden(plan.overlay, ".json"))
     if plan.ca_bundle is not None and not plan.ca_bundle.is_file():
         raise ConfigError.bad_value("IMG_CA_BUNDLE", str(plan.ca_bundle), "an existing PEM file")
+    if plan.rebase_from is not None and not plan.rebase_from.exists():
+        raise ConfigError(
+            f"the VM's disk {plan.overlay} was made on {plan.rebase_from}, which is gone from "
+            "the cache: VM_DISK_POLICY=rebase reads it to move the disk; restore it, or set "
+            f"VM_DISK_POLICY=reimage to make the disk afresh on {plan.base.name}"
+        )
     if plan.base.exists():
         if plan.size is not None and not plan.overlay.exists():
             check_size_fits_base(plan)
         return
+    if plan.wanted is not None:
+        raise ConfigError(
+            f"the VM's disk {plan.overlay} was made on {plan.base}, which is gone from the "
+            f"cache (VM_DISK_POLICY=keep keeps it on that base): restore it, or set "
+            f"VM_DISK_POLICY=reimage to make the disk afresh on {plan.wanted.name}"
+        )
     if plan.source is None:
         raise ConfigError(
             f"IMG_SOURCE is not set and the base image {plan.base} does not exist: "
@@ -110,12 +124,15 @@ class Fetched:
         )
 
 
-def ensure_base(plan: DiskPlan, holder: str) -> BaseImage:
-    """Make sure the base image is present and verified."""
-    if plan.base.exists():
-        return _verified(plan)
+def ensure_base(plan: DiskPlan, holder: str, claim: Usage | None = None) -> BaseImage:
+    """Make sure the base image is present and verified. `claim`: the VM's record of the
+    bases its disk uses, written under the base's lock, so that a `cache prune` either sees it
+    or has removed the base before this start looks (and fetches it again)."""
+    if plan.base.exists() and not os.access(plan.base.parent, os.W_OK):
+        return _verified(plan)  # a read-only cache: nothing to record, and nothing is pruned
     plan.base.parent.mkdir(parents=True, exist_ok=True)
     lock = CacheLock(hidden(plan.base, ".lock"), holder)
+    there = plan.base.exists()
     shared = lock.acquire(waiting=lambda: _part_progress(plan))
     if not shared:
         log.warning(
@@ -123,11 +140,42 @@ def ensure_base(plan: DiskPlan, holder: str) -> BaseImage:
             plan.base.parent,
         )
     try:
+        before = _record_claim(plan.base.parent, claim) if claim is not None else None
         if plan.base.exists():
-            return dataclasses.replace(_verified(plan), meanwhile=True)
-        return BaseImage(plan.base, fetched=_fetch(plan, _work_files(plan, shared)))
+            return dataclasses.replace(_verified(plan), meanwhile=not there)
+        try:
+            return BaseImage(plan.base, fetched=_fetch(plan, _work_files(plan, shared)))
+        except BaseException:
+            if claim is not None:  # a failed start leaves the cache as it found it
+                _restore_claim(plan.base.parent, claim.vm, before)
+            raise
     finally:
         lock.release()
+
+
+def _record_claim(image_dir: Path, claim: Usage) -> Usage | None:
+    """Write the VM's claim; the one it replaced."""
+    before = usage.of(image_dir, claim.vm)
+    try:
+        usage.write(image_dir, claim)
+    except OSError as exc:  # the VM can still start; only a prune may not know of it
+        log.warning(
+            "image: cannot record that %s uses %s in %s: %s (`cache prune` may remove it)",
+            claim.vm, ", ".join(claim.bases), image_dir / usage.FOLDER, exc.strerror,
+        )  # fmt: skip
+    return before
+
+
+def _restore_claim(image_dir: Path, vm: str, before: Usage | None) -> None:
+    try:
+        if before is not None:
+            usage.write(image_dir, before)
+        else:
+            usage.path_of(image_dir, vm).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # empty: it was made for this claim
+                (image_dir / usage.FOLDER).rmdir()
+    except OSError as exc:
+        log.debug("image: cannot restore %s's claim: %s", vm, exc.strerror)
 
 
 def _work_files(plan: DiskPlan, shared: bool) -> transfer.WorkFiles:

@@ -23,6 +23,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from kvmmgr.errors import ConfigError, StepError
 from kvmmgr.image.progress import duration
@@ -48,23 +49,7 @@ class CacheLock:
         `waiting()` adds to the periodic "waiting" line, e.g. how far the holder has got."""
         began = time.monotonic()
         next_report = began + REPORT_EVERY
-        while True:
-            fd = self._open()
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if self._still_there(fd):
-                    break
-                # Its holder removed it while we waited: lock its successor.
-            except OSError as exc:
-                if exc.errno in UNSUPPORTED:
-                    os.close(fd)
-                    self.path.unlink(missing_ok=True)  # of no use without locks
-                    return False
-                # ESTALE: an NFS client's handle on a file another node removed meanwhile.
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.ESTALE):
-                    os.close(fd)
-                    raise
-            os.close(fd)
+        while (got := self.take()) == "busy":
             now = time.monotonic()
             if now >= next_report:
                 next_report = now + REPORT_EVERY
@@ -76,10 +61,32 @@ class CacheLock:
                     f" ({extra})" if extra else "",
                 )
             time.sleep(POLL)
+        return got == "held"
+
+    def take(self) -> Literal["held", "busy", "no locks"]:
+        """One try, without waiting (`cache prune` passes by a base that a start is fetching)."""
+        while True:
+            fd = self._open()
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if self._still_there(fd):
+                    break
+                # Its holder removed it while we tried: try its successor.
+                os.close(fd)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in UNSUPPORTED:
+                    self.path.unlink(missing_ok=True)  # of no use without locks
+                    return "no locks"
+                # ESTALE: an NFS client's handle on a file another node removed meanwhile.
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.ESTALE):
+                    raise
+                return "busy"
         os.ftruncate(fd, 0)
         os.pwrite(fd, self.holder.encode(), 0)
         self._fd = fd
-        return True
+        return "held"
 
     def release(self) -> None:
         if self._fd is not None:

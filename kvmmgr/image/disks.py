@@ -39,6 +39,11 @@ class DiskPlan:
     ca_bundle: Path | None
     size: int | None = None  # the VM's disk size (VM_DISK_SIZE); None: the base's
     data: tuple[DataDisk, ...] = ()
+    # The base IMG_TARGET names, when the VM's disk keeps the one it was made on instead
+    # (VM_DISK_POLICY=keep); `base` is then that one, and `source` None: nothing is fetched.
+    wanted: Path | None = None
+    reimage: bool = False  # VM_DISK_POLICY=reimage: a disk on another base is made afresh
+    rebase_from: Path | None = None  # VM_DISK_POLICY=rebase: the base the disk moves off
 
 
 def _in_cache(source: ImageSource | None, image_dir: Path) -> TypeGuard[LocalSource]:
@@ -51,13 +56,22 @@ def _in_cache(source: ImageSource | None, image_dir: Path) -> TypeGuard[LocalSou
 
 
 def build_disks(
-    image: ImageSettings, hostname: str, appliance_disks: tuple[str, ...] = ()
+    image: ImageSettings,
+    hostname: str,
+    appliance_disks: tuple[str, ...] = (),
+    made_on: Path | None = None,
 ) -> DiskPlan:
-    """`appliance_disks`: an OVA's further disks, beside the base in the cache."""
+    """`appliance_disks`: an OVA's further disks, beside the base in the cache. `made_on`: the
+    base in the cache that the VM's existing disk was made on (overlay.made_on)."""
     base = image.image_dir / image.target
-    source = image.source
+    source, sha256 = image.source, image.sha256
     if _in_cache(source, image.image_dir):
         base = source.path  # used in place, never copied
+    wanted = rebase_from = None
+    if made_on is not None and made_on != base and image.disk_policy == "keep":
+        base, wanted, source, sha256 = made_on, base, None, None  # a pet keeps its base
+    elif made_on is not None and made_on != base and image.disk_policy == "rebase":
+        rebase_from = made_on
     data = [
         DataDisk(
             _data_path(image, hostname, n), _serial(n), "overlay", backing=base.with_name(name)
@@ -76,13 +90,22 @@ def build_disks(
     return DiskPlan(
         source=source,
         base=base,
-        sha256=image.sha256,
+        sha256=sha256,
         overlay=image.vm_dir / f"{hostname}.qcow2",
         retries=image.retries,
         ca_bundle=image.ca_bundle,
         size=image.disk_size,
         data=tuple(data),
+        wanted=wanted,
+        reimage=image.disk_policy == "reimage",
+        rebase_from=rebase_from,
     )
+
+
+def claimed_bases(plan: DiskPlan) -> tuple[str, ...]:
+    """The bases the VM's disk needs during this start: while it moves, the old one too."""
+    moving = (plan.rebase_from.name,) if plan.rebase_from is not None else ()
+    return (*moving, plan.base.name)
 
 
 def _data_path(image: ImageSettings, hostname: str, number: int) -> Path:

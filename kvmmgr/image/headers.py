@@ -95,17 +95,29 @@ def check_overlay(path: Path, what: str, base: Path) -> None:
     """The VM's own disk, found on its volume: a qcow2 backed by `base` and nothing else
     (whoever can write the volume could point it at any file of the pod)."""
     with _intact(what), path.open("rb") as image:
-        head = image.read(4096)
-        if not head.startswith(b"QFI\xfb"):
-            raise StepError(f"{what} is not a qcow2 image: expected the VM's own disk")
-        offset, length = struct.unpack_from(">QI", head, 8)
-        image.seek(offset)
-        backing = image.read(min(length, 4096)).decode("utf-8", "replace") if offset else ""
+        head, backing = _backing(image, what)
         if backing != str(base.absolute()):
             raise StepError(
                 f"{what} is backed by {backing or 'nothing'!r}: expected its base {base}"
             )
         _qcow2(image, head, what, backing_allowed=True)
+
+
+def backing_of(path: Path, what: str) -> str:
+    """The backing file a qcow2 names in its header ("" for none), as written: a name only,
+    not yet a file to open (check_overlay and the disk policy decide what it may be)."""
+    with _intact(what), path.open("rb") as image:
+        return _backing(image, what)[1]
+
+
+def _backing(image: BinaryIO, what: str) -> tuple[bytes, str]:
+    head = image.read(4096)
+    if not head.startswith(b"QFI\xfb"):
+        raise StepError(f"{what} is not a qcow2 image: expected the VM's own disk")
+    offset, length = struct.unpack_from(">QI", head, 8)
+    image.seek(offset)
+    backing = image.read(min(length, 4096)).decode("utf-8", "replace") if offset else ""
+    return head, backing
 
 
 def _qcow2(image: BinaryIO, head: bytes, what: str, *, backing_allowed: bool = False) -> Sniffed:

@@ -11,11 +11,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kvmmgr.net.model import PortSpec
+from kvmmgr.net.model import VNC_PORT, PortSpec
 from kvmmgr.net.nics import NatLink, NicPlan
 
 PREFIX = "KVMMGR-"
-VNC_PORT = 5900
 MULTIPORT_SLOTS = 15  # xt_multiport's limit per rule
 Family = Literal[4, 6]
 TABLE_NAMES = ("raw", "nat", "filter")  # in the order packets meet them
@@ -53,12 +52,20 @@ class FirewallPlan:
 
 
 def build_firewall(
-    *, nics: Sequence[NicPlan], keep_vnc: bool, exclude: Sequence[PortSpec]
+    *,
+    nics: Sequence[NicPlan],
+    keep_vnc: bool,
+    exclude: Sequence[PortSpec],
+    metrics_port: int | None = None,
 ) -> FirewallPlan:
     """The rule set of every NIC: DNAT/SNAT for the NAT ones (IPv6 too on a dual-stack pod),
-    and nothing but DHCP into the container from the VM's side in the other modes."""
-    kept = ([PortSpec("tcp", VNC_PORT, VNC_PORT)] if keep_vnc else []) + list(exclude)
-    rules = _Rules(_returns_for(kept), keep_vnc)
+    and nothing but DHCP into the container from the VM's side in the other modes.
+    `metrics_port`: the metrics sidecar's TCP port, kept like VNC's."""
+    # The container's own services: for the pod's side, neither forwarded to the VM nor
+    # reachable from it.
+    private = ([VNC_PORT] if keep_vnc else []) + ([metrics_port] if metrics_port else [])
+    kept = [PortSpec("tcp", port, port) for port in private] + list(exclude)
+    rules = _Rules(_returns_for(kept), tuple(private))
     nat = [(nic, nic.link) for nic in nics if isinstance(nic.link, NatLink)]
     for nic, link in nat:
         rules.nat4(nic, link)
@@ -82,9 +89,9 @@ class _Rules:
 
     HOOK_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 
-    def __init__(self, returns: tuple[Rule, ...], keep_vnc: bool) -> None:
+    def __init__(self, returns: tuple[Rule, ...], private: tuple[int, ...]) -> None:
         self.returns = returns  # the kept ports: RETURN before the DNAT
-        self.keep_vnc = keep_vnc
+        self.private = private  # TCP ports of the container's own (VNC, metrics)
         self.hooked: dict[tuple[Family, str, str], list[Rule]] = {}
         self.own: list[Chain] = []
 
@@ -98,7 +105,7 @@ class _Rules:
         # services bound to the pod's 127.0.0.1: only replies may come in that way.
         established = "-m conntrack ! --ctstate RELATED,ESTABLISHED"
         self.add(4, "filter", "INPUT", f"-d 127.0.0.0/8 -i {link.bridge} {established} -j DROP")
-        self._private_vnc(4, link.bridge)
+        self._private_ports(4, link.bridge)
         # DHCP's first messages come from no address at all; nothing else but VM_IP may.
         dhcp = f"-s 0.0.0.0/32 -i {link.bridge} -p udp -m udp --sport 68 --dport 67 -j RETURN"
         self._no_spoofing(4, link.bridge, f"{vm}/32", dhcp)
@@ -107,7 +114,7 @@ class _Rules:
         assert nic.guest.address6 is not None and link.pod_address6 is not None
         vm = nic.guest.address6.ip
         self._one_to_one(6, nic.pod.name, f"{link.pod_address6.ip}/128", f"{vm}/128")
-        self._private_vnc(6, link.bridge)
+        self._private_ports(6, link.bridge)
         # Link-local sources (neighbour discovery, router solicitations, DHCPv6) and the
         # unspecified one (duplicate address detection) are the VM's too.
         self._no_spoofing(
@@ -141,12 +148,11 @@ class _Rules:
         tracking and NAT see the packet, whether it is going out or to the pod itself."""
         self.add(family, "raw", "PREROUTING", *allowed, f"! -s {own} -i {bridge} -j DROP")
 
-    def _private_vnc(self, family: Family, bridge: str) -> None:
-        """QEMU's VNC listens on every pod address: it is for the pod's side, not the VM's."""
-        if self.keep_vnc:
-            self.add(
-                family, "filter", "INPUT", f"-i {bridge} -p tcp -m tcp --dport {VNC_PORT} -j DROP"
-            )
+    def _private_ports(self, family: Family, bridge: str) -> None:
+        """QEMU's VNC and the metrics sidecar listen on every pod address: they are for the
+        pod's side, not the VM's."""
+        for port in self.private:
+            self.add(family, "filter", "INPUT", f"-i {bridge} -p tcp -m tcp --dport {port} -j DROP")
 
     def chains(self) -> tuple[Chain, ...]:
         """By family and table, hooked chains in hook order, then the DNAT chains."""

@@ -10,6 +10,7 @@ from typing import Literal
 
 NetMode = Literal["nat", "bridge", "macvtap"]
 NET_MODES: tuple[NetMode, ...] = ("nat", "bridge", "macvtap")
+VNC_PORT = 5900  # QEMU's display 0, kept by the container while VNC is on
 
 
 @dataclass(frozen=True, order=True)

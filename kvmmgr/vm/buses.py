@@ -12,6 +12,7 @@ from kvmmgr.config import DiskBus, Machine
 from kvmmgr.errors import ConfigError
 
 AHCI_PORTS = 6  # q35's own AHCI controller, and the one added on pc
+CDROM_ID = "cidata"  # the config drive's id in QEMU
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,24 @@ def disk_args(
     """`drives`: the boot disk first."""
     argv: list[str] = []
     slots = _slots(bus, machine, len(drives))
+    ids = drive_ids(len(drives), cdrom is not None)
     for n, (drive, slot) in enumerate(zip(drives, slots[: len(drives)], strict=True)):
         argv += [
             "-drive",
-            f"file={drive.path},if=none,id=disk{n},format={drive.format},discard=unmap",
+            f"file={drive.path},if=none,id={ids[n]},format={drive.format},discard=unmap",
         ]
         which = "bootindex=1" if drive.serial is None else f"serial={drive.serial}"
-        argv += ["-device", f"{slot},drive=disk{n},{which}"]
+        argv += ["-device", f"{slot},drive={ids[n]},{which}"]
     if cdrom is not None:
-        argv += ["-drive", f"file={cdrom},if=none,id=cidata,media=cdrom,readonly=on,format=raw"]
-        argv += ["-device", f"ide-cd,{_cdrom_bus(bus, machine, len(drives))},drive=cidata"]
+        argv += ["-drive", f"file={cdrom},if=none,id={CDROM_ID},media=cdrom,readonly=on,format=raw"]
+        argv += ["-device", f"ide-cd,{_cdrom_bus(bus, machine, len(drives))},drive={CDROM_ID}"]
     return _controller(bus, machine) + argv
+
+
+def drive_ids(disks: int, cdrom: bool) -> tuple[str, ...]:
+    """QEMU's ids of the drives (query-blockstats names them so): the disks, boot disk
+    first, then the config drive's CD-ROM."""
+    return (*(f"disk{n}" for n in range(disks)), *((CDROM_ID,) if cdrom else ()))
 
 
 def _controller(bus: DiskBus, machine: Machine) -> list[str]:

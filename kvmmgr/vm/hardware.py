@@ -59,6 +59,7 @@ def build_hardware(
         cpu_model=cpu,
         serial=given.serial or f"KVM-{digest[:16].upper()}",
         uuid=given.uuid or uuid.uuid5(SMBIOS_NAMESPACE, vm.hostname),
+        balloon=given.balloon,
     )
 
 

@@ -9,10 +9,12 @@ import os
 import socket
 import stat
 import struct
+import time
 from pathlib import Path
 
 from kvmmgr.errors import StepError
 from kvmmgr.facts import TUN as TUN_DEVICE
+from kvmmgr.metrics import record
 from kvmmgr.system import privileges
 from kvmmgr.system.files import write_atomic
 from kvmmgr.vm.qemu import VNC_PASSWORD_FILE, FirmwarePlan, QemuPlan
@@ -57,6 +59,7 @@ def exec_qemu(plan: QemuPlan) -> None:
         open_tap(tap, fd, plan.user.uid, plan.user.gid)
     for macvtap, fd in plan.macvtaps:
         open_macvtap(macvtap, fd, plan.qmp_socket.parent)
+    record.started(plan.qmp_socket.parent, time.time())  # while RUN_DIR is still writable
     privileges.drop(plan.user, plan.groups)
     try:
         os.execvp(plan.argv[0], list(plan.argv))

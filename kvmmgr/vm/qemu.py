@@ -19,6 +19,9 @@ from kvmmgr.vm.buses import Drive, disk_args
 
 QEMU = "qemu-system-x86_64"
 QMP_SOCKET = "qmp.sock"  # in RUN_DIR
+# A second monitor, the metrics sidecar's: QEMU serves one client at a time on a socket
+# chardev, so a scrape never makes a probe (`status`, on qmp.sock) wait.
+METRICS_QMP_SOCKET = "qmp-metrics.sock"  # in RUN_DIR
 AGENT_CHANNEL = "org.qemu.guest_agent.0"  # the port name the guest's agent looks for
 AGENT_CHARDEV = "qga0"
 AGENT_SOCKET = "qga.sock"  # in RUN_DIR
@@ -29,6 +32,7 @@ OVMF = Path("/usr/share/OVMF")  # Debian's ovmf package
 # it its listening sockets and its taps already open, on these file descriptors.
 QMP_FD = 90
 AGENT_FD = 91
+METRICS_QMP_FD = 92
 TAP_FD_BASE = 200  # tap NIC i on 200 + i (macvtaps: nics.MACVTAP_FD_BASE)
 # QEMU's own seccomp filter: no obsolete system calls, no change of user or capabilities, no
 # fork or exec, no scheduler or resource calls.
@@ -37,6 +41,8 @@ NIC_DEVICES: dict[NicModel, str] = {
     "virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
     "rtl8139": "rtl8139", "vmxnet3": "vmxnet3",
 }  # fmt: skip
+BALLOON_ID = "balloon0"
+BALLOON_STATS_SECONDS = 10  # how often the guest's driver is asked for its memory figures
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class HardwarePlan:
     cpu_model: str
     serial: str  # SMBIOS system serial
     uuid: UUID  # SMBIOS system UUID
+    balloon: bool = False  # a virtio balloon device (VM_BALLOON)
 
     def firmware_files(self, vm_dir: Path, hostname: str) -> FirmwarePlan | None:
         if self.firmware == "bios":
@@ -102,7 +109,15 @@ class QemuPlan:
     @property
     def sockets(self) -> tuple[tuple[Path, int], ...]:
         """The listening sockets kvm-manager binds for QEMU (it could not: RUN_DIR is root's)."""
-        return ((self.qmp_socket, QMP_FD), (self.agent_socket, AGENT_FD))
+        return (
+            (self.qmp_socket, QMP_FD),
+            (self.agent_socket, AGENT_FD),
+            (self.metrics_socket, METRICS_QMP_FD),
+        )
+
+    @property
+    def metrics_socket(self) -> Path:
+        return self.qmp_socket.parent / METRICS_QMP_SOCKET
 
 
 def build_qemu(
@@ -134,6 +149,7 @@ def build_qemu(
         "-device",
         "virtio-rng-pci",
         *_display(vnc, password_file),
+        *_balloon(hardware.balloon),
         *extra_args,
     ]
     macvtaps = tuple(
@@ -199,7 +215,8 @@ def _control() -> list[str]:
     """The console, QMP, and the guest agent's channel (always there, used when the guest
     runs an agent). The serial console is the container's stdout (`kubectl logs`) and its
     stdin (`kubectl attach`): Ctrl-C there goes to the guest, not to QEMU. QMP and the agent
-    listen on sockets kvm-manager made (RUN_DIR/qmp.sock, RUN_DIR/qga.sock)."""
+    listen on sockets kvm-manager made (RUN_DIR/qmp.sock, RUN_DIR/qga.sock), and so does
+    the metrics sidecar's monitor (RUN_DIR/qmp-metrics.sock)."""
     agent = f"socket,id={AGENT_CHARDEV},fd={AGENT_FD},server=on,wait=off"
     port = f"virtserialport,bus=vserial0.0,chardev={AGENT_CHARDEV},name={AGENT_CHANNEL}"
     return [
@@ -207,6 +224,8 @@ def _control() -> list[str]:
         "-serial", "chardev:console",
         "-chardev", f"socket,id=qmp,fd={QMP_FD},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+        "-chardev", f"socket,id=qmp-metrics,fd={METRICS_QMP_FD},server=on,wait=off",
+        "-mon", "chardev=qmp-metrics,mode=control",
         "-chardev", agent,
         "-device", "virtio-serial-pci,id=vserial0",
         "-device", port,
@@ -230,6 +249,15 @@ def _nics(nics: Sequence[NicPlan], vhost: bool, device: str) -> list[str]:
         argv += ["-netdev", f"{backend},{vhost_option}"]
         argv += ["-device", f"{device},netdev={netdev},mac={nic.guest.mac}"]
     return argv
+
+
+def _balloon(balloon: bool) -> list[str]:
+    """Last of the devices, so that none of the others moves to another PCI slot when it is
+    turned on. The guest's driver reports its memory figures every BALLOON_STATS_SECONDS."""
+    if not balloon:
+        return []
+    polling = f"guest-stats-polling-interval={BALLOON_STATS_SECONDS}"
+    return ["-device", f"virtio-balloon-pci,id={BALLOON_ID},{polling}"]
 
 
 def _display(vnc: bool, password_file: Path | None) -> list[str]:

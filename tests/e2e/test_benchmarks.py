@@ -18,6 +18,7 @@ SMALL = {
     "boot-debian": ["--runs", "1", "--guest", "debian"],
     "fetch": ["--runs", "1", "--size-gib", "0.05"],
     "convert": ["--runs", "1", "--size-mib", "16"],
+    "metrics": ["--runs", "5"],
 }
 HEADERS = {
     "startup": "| **`kvm-manager setup`**, new pod |",
@@ -26,6 +27,7 @@ HEADERS = {
     "boot-debian": "| `kvm-manager run` |",
     "fetch": "| kvm-manager fetch, IMG_SHA256 |",
     "convert": "| export | qemu-img convert | cp, convert, sync | kvm-manager fetch |",
+    "metrics": "| QEMU running | 5 |",
 }
 
 

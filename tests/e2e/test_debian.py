@@ -251,6 +251,21 @@ class TestNoCloudWithALargerDisk:
         assert int(guest.sh("lsblk -bdno SIZE /dev/vda")) == 4 << 30
         assert int(guest.sh("df -B1 --output=size / | tail -1")) > 3.5 * (1 << 30)
 
+    def test_resize_grows_the_disk_under_the_running_guest(self, guest: Guest) -> None:
+        before = int(guest.sh("df -B1 --output=size / | tail -1"))
+        # `kubectl exec POD -c vm -- kvm-manager resize --size 5G`: the container's env
+        done = guest.lab.cli("resize", "--size", "5G", VM_DISK_SIZE="4G")
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        assert "grown from 4.0 GiB to 5.0 GiB; the guest sees it now" in done.stdout
+        sectors = (5 << 30) // 512  # the kernel takes virtio's config change on a workqueue
+        seen = f"[ $(cat /sys/block/vda/size) = {sectors} ]"
+        guest.sh(f"for i in $(seq 50); do {seen} && break; sleep 0.2; done")
+        assert int(guest.sh("lsblk -bdno SIZE /dev/vda")) == 5 << 30
+        assert guest.sh("findmnt -no SOURCE /").strip() == "/dev/vda1"  # podlab/debian: one
+        guest.sh("sudo growpart /dev/vda 1 && sudo resize2fs /dev/vda1")  # partition, ext4
+        grown = int(guest.sh("df -B1 --output=size / | tail -1"))
+        assert grown - before > 0.95 * (1 << 30), (before, grown)
+
     def test_shutdown_through_acpi_when_the_guest_runs_no_agent(self, guest: Guest) -> None:
         guest.sh("sudo systemctl stop qemu-guest-agent")
         assert json.loads(guest.lab.cli("status", "--json").stdout)["agent"] == "absent"

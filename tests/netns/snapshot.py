@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from kvmmgr.health.check import our_lines
+from kvmmgr.image import usage
 from kvmmgr.net.firewall import Chain, Family, FirewallPlan
 from podlab.lab import PodLab
 from podlab.netns import Namespace
 
 # The PID of the dnsmasq that replaced the last one, and its log (appended to at each start).
-VOLATILE_FILES = {"dnsmasq.pid", "dnsmasq.log"}
+VOLATILE_FILES = {"dnsmasq.pid", "dnsmasq.log", "startup.json"}  # startup: its steps' times
 
 
 def links(ns: Namespace) -> list[dict[str, Any]]:
@@ -114,9 +115,18 @@ def files(root: Path) -> dict[str, str]:
         if path.name in VOLATILE_FILES:
             found[str(path.relative_to(root))] = mode
         else:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            digest = hashlib.sha256(_stable(path)).hexdigest()[:16]
             found[str(path.relative_to(root))] = f"{mode} {digest}"
     return found
+
+
+def _stable(path: Path) -> bytes:
+    """The file's content; of a VM's claim in the cache, all but the time of its last start."""
+    if path.parent.name != usage.FOLDER:
+        return path.read_bytes()
+    claim = json.loads(path.read_bytes())
+    claim.pop("last_started")
+    return json.dumps(claim, sort_keys=True).encode()
 
 
 def pod_state(lab: PodLab) -> dict[str, Any]:

@@ -202,6 +202,7 @@ CASES = [
     Case("unknown READINESS", {"READINESS": "ssh"}, "READINESS='ssh'"),
     Case("READINESS tcp without NAT", {"READINESS": "tcp:22", "NET_MODE": "bridge"}, "no NIC"),
     Case("VM_DISK_SIZE not a size", {"VM_DISK_SIZE": "big"}, "VM_DISK_SIZE='big'"),
+    Case("VM_DISK_POLICY unknown", {"VM_DISK_POLICY": "replace"}, "VM_DISK_POLICY='replace'"),
     Case("unknown VM_MACHINE", {"VM_MACHINE": "isapc"}, "VM_MACHINE='isapc'"),
     Case("Secure Boot on pc", {"VM_SECURE_BOOT": "1", "VM_MACHINE": "pc"}, "VM_SECURE_BOOT="),
     Case("IDE on q35", {"VM_DISK_BUS": "ide", "VM_MACHINE": "q35"}, "VM_DISK_BUS='ide'"),

@@ -187,6 +187,11 @@ BAD_VALUES = [
     ("READINESS", "tcp:0", "qemu, agent or tcp:PORT"),
     ("READINESS", "tcp:65536", "qemu, agent or tcp:PORT"),
     ("READINESS", "agent:22", "qemu, agent or tcp:PORT"),
+    ("METRICS_PORT", "0", "a whole number from 1 to 65535"),
+    ("METRICS_PORT", "65536", "a whole number from 1 to 65535"),
+    ("METRICS_PORT", "http", "a whole number from 1 to 65535"),
+    ("METRICS_PORT", "5900", "another port than 5900, QEMU's VNC"),
+    ("VM_BALLOON", "maybe", "one of 1/true/yes or 0/false/no"),
 ]
 
 

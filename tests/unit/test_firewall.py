@@ -135,3 +135,24 @@ def test_bridge_mode_has_no_nat_and_only_dhcp_into_the_container() -> None:
     ]
     macvtap = rules({"NET_MODE": "macvtap"}).save_lines("filter")
     assert "-A KVMMGR-INPUT -i kvmdhcp0 -j DROP" in macvtap
+
+
+def test_the_metrics_port_is_kept_like_vnc() -> None:
+    """METRICS_PORT: the metrics sidecar's port is the pod's, not the VM's, and the VM cannot
+    reach it from its side of the bridge."""
+    firewall = rules({"METRICS_PORT": "9477"})
+    assert firewall.kept == ("tcp/5900", "tcp/9477")
+    assert "-A KVMMGR-DNAT-eth0 -p tcp -m multiport --dports 5900,9477 -j RETURN" in (
+        firewall.save_lines("nat")
+    )
+    assert firewall.save_lines("filter")[-2:] == [
+        "-A KVMMGR-INPUT -i kvmbr0 -p tcp -m tcp --dport 5900 -j DROP",
+        "-A KVMMGR-INPUT -i kvmbr0 -p tcp -m tcp --dport 9477 -j DROP",
+    ]
+    alone = rules({"METRICS_PORT": "9477", "NO_VNC": "1"})
+    assert alone.kept == ("tcp/9477",)
+    assert "-A KVMMGR-DNAT-eth0 -p tcp -m tcp --dport 9477 -j RETURN" in alone.save_lines("nat")
+
+
+def test_without_metrics_port_nothing_changes() -> None:
+    assert rules({"METRICS_PORT": ""}) == rules()

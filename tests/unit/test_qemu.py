@@ -27,19 +27,22 @@ def test_default_argv() -> None:
     assert _option(argv, "-m") == ["1024"]
     assert _option(argv, "-smp") == ["1"]
     assert "-nodefaults" in argv
-    # QMP and the agent on the sockets kvm-manager binds and hands over (fds 90 and 91)
+    # QMP, the metrics sidecar's QMP and the agent on the sockets kvm-manager binds and
+    # hands over (fds 90, 92 and 91)
     assert _option(argv, "-chardev") == [
         "stdio,id=console,signal=off",
         "socket,id=qmp,fd=90,server=on,wait=off",
+        "socket,id=qmp-metrics,fd=92,server=on,wait=off",
         "socket,id=qga0,fd=91,server=on,wait=off",
     ]
     assert q.sockets == (
         (Path("/run/test-kvmmgr/qmp.sock"), 90),
         (Path("/run/test-kvmmgr/qga.sock"), 91),
+        (Path("/run/test-kvmmgr/qmp-metrics.sock"), 92),
     )
     assert _option(argv, "-serial") == ["chardev:console"]
     assert "-monitor" not in argv  # -nodefaults: no monitor on stdio either
-    assert _option(argv, "-mon") == ["chardev=qmp,mode=control"]
+    assert _option(argv, "-mon") == ["chardev=qmp,mode=control", "chardev=qmp-metrics,mode=control"]
     assert _option(argv, "-sandbox") == [
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
     ]
@@ -129,3 +132,15 @@ def test_one_netdev_per_nic_and_a_macvtap_by_file_descriptor() -> None:
     assert f"virtio-net-pci,netdev=net0,mac={macs[0]}" in _option(argv, "-device")
     assert f"virtio-net-pci,netdev=net1,mac={macs[1]}" in _option(argv, "-device")
     assert two.qemu.macvtaps == (("kvmvtap0", 100),)
+
+
+def test_a_balloon_only_when_asked_and_after_every_other_device() -> None:
+    """VM_BALLOON adds the device last (before the user's arguments), so that no device of a
+    legacy guest moves to another PCI slot; the guest reports its memory every 10 s."""
+    plain = _option(_qemu().argv, "-device")
+    assert not any("balloon" in device for device in plain)
+    argv = _qemu({"VM_BALLOON": "true"}).argv
+    devices = _option(argv, "-device")
+    assert devices == [*plain, "virtio-balloon-pci,id=balloon0,guest-stats-polling-interval=10"]
+    extra = plan({"VM_BALLOON": "yes"}, extra=("-device", "e1000")).qemu.argv
+    assert _option(extra, "-device")[-2:] == [devices[-1], "e1000"]
