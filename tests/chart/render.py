@@ -121,6 +121,34 @@ VALUE_SETS: dict[str, Values] = {
             },
         }
     ),
+    "metrics": with_source(
+        {
+            "metrics": {
+                "enabled": True,
+                "serviceMonitor": {
+                    "enabled": True,
+                    "interval": "1m",
+                    "scrapeTimeout": "20s",
+                    "labels": {"release": "prometheus"},
+                },
+            },
+            "vnc": {"password": "pa55word"},
+            "extraEnv": [{"name": "POD_IFACE", "value": "eth0"}],
+            "vms": {
+                "web": {
+                    "metrics": {
+                        "port": 9100,
+                        "shareProcessNamespace": False,
+                        "annotations": False,
+                        "resources": {"limits": {"memory": "128Mi"}},
+                        "serviceMonitor": {"enabled": False},
+                    },
+                    "service": {"ports": [{"name": "http", "port": 80}]},
+                },
+                "plain": {"metrics": {"enabled": False}},
+            },
+        }
+    ),
     "everything": with_source(
         {
             "vm": {
@@ -134,6 +162,7 @@ VALUE_SETS: dict[str, Values] = {
                 "memory": "2G",
                 "cpus": 2,
                 "diskSize": "18G",
+                "diskPolicy": "rebase",
                 "mac": "52:54:00:12:34:56",
                 "ip": "10.99.0.2",
                 "gateway": "10.99.0.1",
@@ -144,6 +173,7 @@ VALUE_SETS: dict[str, Values] = {
                 "machine": "q35",
                 "firmware": "uefi",
                 "secureBoot": True,
+                "balloon": True,
                 "diskBus": "sata",
                 "nicModel": "e1000e",
                 "cpuModel": "Westmere",

@@ -105,7 +105,7 @@ every template renders the VMs in the same order.
 {{- define "kvm-manager.collectVms" -}}
 {{- $root := .root }}
 {{- $out := .out }}
-{{- $base := pick $root.Values "replicas" "vm" "disk" "resources" "cloudInit" "vnc" "service" "extraEnv" "extraArgs" "debug" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" }}
+{{- $base := pick $root.Values "replicas" "vm" "disk" "resources" "cloudInit" "vnc" "service" "extraEnv" "extraArgs" "debug" "metrics" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" }}
 {{- $fullname := include "kvm-manager.fullname" $root }}
 {{- $wanted := list }}
 {{- if $root.Values.enabled }}
@@ -223,6 +223,10 @@ The kvm-manager container's environment (context: a VM).
 - name: VM_DISK_SIZE
   value: {{ include "kvm-manager.diskSizeFromVolume" . | quote }}
 {{- end }}
+{{- with $vm.diskPolicy }}
+- name: VM_DISK_POLICY
+  value: {{ . | quote }}
+{{- end }}
 {{- with (include "kvm-manager.dataDisks" . | fromYaml).disks }}
 {{- $items := list }}
 {{- range . }}
@@ -246,6 +250,10 @@ The kvm-manager container's environment (context: a VM).
 {{- end }}
 {{- if $vm.secureBoot }}
 - name: VM_SECURE_BOOT
+  value: "true"
+{{- end }}
+{{- if $vm.balloon }}
+- name: VM_BALLOON
   value: "true"
 {{- end }}
 {{- with $vm.diskBus }}
@@ -333,8 +341,36 @@ The kvm-manager container's environment (context: a VM).
 - name: DEBUG
   value: "true"
 {{- end }}
+{{- if .v.metrics.enabled }}
+{{- include "kvm-manager.checkMetrics" . }}
+- name: METRICS_PORT
+  value: {{ int .v.metrics.port | quote }}
+{{- end }}
 {{- with .v.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The metrics sidecar's port, checked (context: a VM with metrics.enabled). The VM container keeps
+METRICS_PORT for the sidecar instead of forwarding it to the VM, so it cannot be VNC's, nor a
+port the Service sends to the VM; and one value sets it everywhere (both containers' env, the
+container port, the headless Service, the annotations).
+*/}}
+{{- define "kvm-manager.checkMetrics" -}}
+{{- $port := int .v.metrics.port }}
+{{- if eq $port 5900 }}
+{{- fail (printf "VM %s: metrics.port 5900 is TCP 5900 of the pod, QEMU's VNC display (or, without VNC, the VM's): choose another, e.g. 9477" .name) }}
+{{- end }}
+{{- range .v.service.ports }}
+{{- if and (eq (int (.targetPort | default .port)) $port) (eq (.protocol | default "TCP") "TCP") }}
+{{- fail (printf "VM %s: metrics.port %d is also the target of service port %s, which goes to the VM: the pod keeps TCP %d for the metrics sidecar; choose another metrics.port" $.name $port .name $port) }}
+{{- end }}
+{{- end }}
+{{- range .v.extraEnv }}
+{{- if eq .name "METRICS_PORT" }}
+{{- fail (printf "VM %s: set metrics.port, not METRICS_PORT in extraEnv: the containers, the container port and the Service port all follow metrics.port" $.name) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
