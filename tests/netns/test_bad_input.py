@@ -203,6 +203,8 @@ CASES = [
     Case("READINESS tcp without NAT", {"READINESS": "tcp:22", "NET_MODE": "bridge"}, "no NIC"),
     Case("VM_DISK_SIZE not a size", {"VM_DISK_SIZE": "big"}, "VM_DISK_SIZE='big'"),
     Case("VM_DISK_POLICY unknown", {"VM_DISK_POLICY": "replace"}, "VM_DISK_POLICY='replace'"),
+    Case("METRICS_PORT not a port", {"METRICS_PORT": "70000"}, "METRICS_PORT='70000'"),
+    Case("METRICS_PORT on VNC's", {"METRICS_PORT": "5900"}, "METRICS_PORT='5900'"),
     Case("unknown VM_MACHINE", {"VM_MACHINE": "isapc"}, "VM_MACHINE='isapc'"),
     Case("Secure Boot on pc", {"VM_SECURE_BOOT": "1", "VM_MACHINE": "pc"}, "VM_SECURE_BOOT="),
     Case("IDE on q35", {"VM_DISK_BUS": "ide", "VM_MACHINE": "q35"}, "VM_DISK_BUS='ide'"),
