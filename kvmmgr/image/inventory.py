@@ -18,6 +18,7 @@ from typing import Any
 from kvmmgr import values
 from kvmmgr.errors import EXIT_OK, ConfigError, StepError
 from kvmmgr.image import headers, usage
+from kvmmgr.image.appliance import plain_name
 from kvmmgr.image.cachelock import CacheLock
 from kvmmgr.image.progress import size
 from kvmmgr.image.records import BaseRecord, hidden, read_record
@@ -38,7 +39,10 @@ class Base:
 
     @property
     def data_disks(self) -> tuple[str, ...]:
-        return self.record.data_disks if self.record else ()
+        """An OVA's further disks, as the cache names them (NAME-disk2...): a record on a
+        shared volume may say anything, and a prune removes what it names."""
+        given = self.record.data_disks if self.record else ()
+        return tuple(d for d in given if _ova_base(d) == self.name and plain_name(d))
 
     def as_data(self) -> dict[str, Any]:
         record = self.record
@@ -87,19 +91,18 @@ def read(folder: Path) -> Cache:
         record = _record(folder / name)
         if not _is_base(folder / name, record, claimed):
             continue  # VM_DIR may be IMAGE_DIR: the VMs' disks and UEFI variables live here too
-        if record is not None:
-            owned.update(record.data_disks)
-        users = tuple(u for u in claims if name in u.bases)
-        bases.append(Base(name, entry.st_size, record, users))
+        base = Base(name, entry.st_size, record, tuple(u for u in claims if name in u.bases))
+        owned.update(base.data_disks)
+        bases.append(base)
     bases = [
         Base(b.name, b.size + sum(_size(entries, d) for d in b.data_disks), b.record, b.users)
         for b in bases
         if b.name not in owned
     ]
     for name, entry in sorted(entries.items()):
-        base = _work_file_of(name)
-        if base is not None and stat.S_ISREG(entry.st_mode):
-            leftovers.append((name, base, entry.st_size))
+        owner = _work_file_of(name)
+        if owner is not None and stat.S_ISREG(entry.st_mode):
+            leftovers.append((name, owner, entry.st_size))
     present = {b.name for b in bases} | owned
     missing = tuple((u.vm, b) for u in claims for b in u.bases if b not in present)
     return Cache(folder, tuple(bases), tuple(leftovers), tuple(damaged), missing)

@@ -281,3 +281,23 @@ def test_rebase_refuses_while_qemu_runs_or_has_the_disk_open(lab: Cache) -> None
         qemu.kill()
         qemu.wait()
     assert lab.users()["a.img"] == [VM]  # still claimed: the disk never moved
+
+
+def test_prune_removes_only_what_a_base_record_may_name(lab: Cache) -> None:
+    """A base's record on the shared volume may name any file as the base's further disk:
+    a prune takes only names the cache gives them (NAME-diskN), beside the base."""
+    lab.start("a.img")
+    outside, beside = lab.tmp / "outside", lab.image_dir / "keep.img"
+    outside.write_text("not the cache's")
+    beside.write_text("not a.img's")
+    record_path = lab.image_dir / ".a.img.json"
+    record = json.loads(record_path.read_text())
+    record["data_disks"] = ["../outside", "keep.img", "a.img-disk2"]
+    record_path.write_text(json.dumps(record))
+    (lab.image_dir / "a.img-disk2").write_bytes(b"d" * 10)
+    (lab.vm_dir / f"{VM}.qcow2").unlink()
+    (lab.image_dir / ".vms" / f"{VM}.json").unlink()
+    done = lab.cli("cache", "prune")
+    assert done.returncode == EXIT_OK, done.stderr
+    assert not (lab.image_dir / "a.img").exists() and not (lab.image_dir / "a.img-disk2").exists()
+    assert outside.exists() and beside.exists()
