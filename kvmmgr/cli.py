@@ -124,7 +124,7 @@ def _day_two_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cache = commands.add_parser("cache", help="the shared image cache: list or prune its bases")
     what = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     listing = what.add_parser("list", help="each base: size, sha256, source, the VMs on it")
-    listing.add_argument("--json", action="store_true", help="as a JSON list")
+    listing.add_argument("--json", action="store_true", help="as one JSON object")
     listing.set_defaults(handler=_cache_list)
     prune = what.add_parser(
         "prune", help="remove the bases no VM disk uses, and leftover work files"
