@@ -21,6 +21,12 @@ RUN --mount=type=secret,id=ca-bundle \
  && python3 -m venv /opt/kvm-manager \
  && /opt/kvm-manager/bin/pip install --no-cache-dir --no-compile /src \
  && /opt/kvm-manager/bin/python -m compileall -q /opt/kvm-manager/lib
+# The web console's page (WEB_CONSOLE_PORT): Debian's novnc package holds only static files
+# in /usr/share/novnc; its dependencies (websockify, numpy, nodejs) serve its own launcher,
+# which kvm-manager does not use. So the package is unpacked here, and its files alone copied.
+RUN cd /tmp && apt-get update && apt-get download novnc && rm -rf /var/lib/apt/lists/* \
+ && dpkg-deb -x novnc_*.deb /novnc && rm novnc_*.deb \
+ && test -f /novnc/usr/share/novnc/vnc.html
 
 # --- runtime: what kvm-manager drives, no compiler, no GUI -----------------------------------
 FROM ${BASE}
@@ -41,6 +47,7 @@ RUN apt-get update \
       python3 qemu-system-x86 qemu-utils ovmf dnsmasq-base iptables nftables ca-certificates \
  && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
 COPY --from=build /opt/kvm-manager /opt/kvm-manager
+COPY --from=build /novnc/usr/share/novnc /usr/share/novnc
 # Downloads trust Debian's CA store, so a derived image adds a CA the Debian way
 # (update-ca-certificates); IMG_CA_BUNDLE still names one for a single source.
 ENV PATH=/opt/kvm-manager/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -102,6 +102,13 @@ class VmSettings:
     readiness: Readiness
     hardware: Hardware = Hardware()
     qemu_user: str = DEFAULT_QEMU_USER  # a user name, or UID:GID; never root
+    web_console_port: int | None = None  # WEB_CONSOLE_PORT: noVNC's page and WebSocket
+
+    @property
+    def private_ports(self) -> tuple[int, ...]:
+        """The TCP ports of the VM container's own: not the VM's."""
+        web = (self.web_console_port,) if self.web_console_port else ()
+        return ((VNC_PORT,) if self.vnc else ()) + web
 
 
 @dataclass(frozen=True)
@@ -163,10 +170,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             str(vm.readiness),
             "qemu or agent when no NIC is in nat mode (tcp:PORT connects to VM_IP)",
         )
-    if vm.vnc and network.metrics_port == VNC_PORT:
+    if network.metrics_port in vm.private_ports:
         raise ConfigError.bad_value(
-            "METRICS_PORT", str(VNC_PORT), f"another port than {VNC_PORT}, QEMU's VNC (or NO_VNC)"
-        )
+            "METRICS_PORT", str(network.metrics_port),
+            f"another port than {_named(vm.private_ports)}, the container's own",
+        )  # fmt: skip
     return Settings(
         image=image,
         vm=vm,
@@ -175,6 +183,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         run_dir=run_dir_of(env),
         debug=values.boolean(env, "DEBUG"),
     )
+
+
+def _named(ports: tuple[int, ...]) -> str:
+    names = {VNC_PORT: "QEMU's VNC"}
+    return " and ".join(f"{port} ({names.get(port, 'WEB_CONSOLE_PORT')})" for port in ports)
 
 
 def run_dir_of(env: Mapping[str, str]) -> Path:
@@ -262,6 +275,15 @@ def load_vm(env: Mapping[str, str]) -> VmSettings:
             "(VNC authentication uses at most 8); the value is not shown"
         )
     hostname = get("HOSTNAME") or None
+    web_console = values.optional_number("WEB_CONSOLE_PORT", get("WEB_CONSOLE_PORT"), MAX_PORT)
+    if web_console and no_vnc:
+        raise ConfigError.bad_value(
+            "WEB_CONSOLE_PORT", str(web_console), "unset with NO_VNC (the console shows VNC)"
+        )
+    if web_console == VNC_PORT:
+        raise ConfigError.bad_value(
+            "WEB_CONSOLE_PORT", str(web_console), f"another port than {VNC_PORT}, QEMU's VNC"
+        )
     return VmSettings(
         hostname=values.hostname("HOSTNAME", hostname) if hostname else None,
         mac=values.mac("VM_MAC", get("VM_MAC")),
@@ -273,6 +295,7 @@ def load_vm(env: Mapping[str, str]) -> VmSettings:
         readiness=load_readiness(env),
         hardware=load_hardware(env),
         qemu_user=values.run_as("QEMU_USER", get("QEMU_USER") or DEFAULT_QEMU_USER),
+        web_console_port=web_console,
     )
 
 

@@ -27,6 +27,7 @@ from kvmmgr.net.model import GuestNetwork
 from kvmmgr.net.nics import NicPlan, Sysctl, build_nics, build_sysctls
 from kvmmgr.vm.hardware import build_hardware
 from kvmmgr.vm.qemu import HardwarePlan, QemuPlan, VmPlan, build_qemu
+from kvmmgr.webconsole.plan import QEMU_WEBSOCKET, WebConsolePlan, build_web_console
 
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_CPUS = 1
@@ -48,6 +49,7 @@ class Plan:
     dhcp_guard: GuardPlan | None  # bridge and macvtap NICs with DHCP on
     config_drive: ConfigDrivePlan | None
     qemu: QemuPlan
+    web_console: WebConsolePlan | None  # WEB_CONSOLE_PORT
     base: BaseFacts  # what was known of the base image (an OVA's hardware) when planned
     notes: tuple[str, ...]  # decisions worth a warning in the log
 
@@ -96,6 +98,7 @@ def make_plan(
         vhost=_vhost(pod, notes),
         vnc=settings.vm.vnc,
         vnc_password=settings.vm.vnc_password is not None,
+        websocket=QEMU_WEBSOCKET if settings.vm.web_console_port else None,
         run_dir=settings.run_dir,
         extra_args=extra_qemu_args,
         user=pod.qemu_user,
@@ -111,17 +114,23 @@ def make_plan(
         disks=disks,
         firewall=build_firewall(
             nics=nics,
-            keep_vnc=settings.vm.vnc,
+            private=settings.vm.private_ports + _given(network.metrics_port),
             exclude=network.nat_exclude,
-            metrics_port=network.metrics_port,
         ),
         dhcp=dhcp,
         dhcp_guard=_guard(nics) if dhcp else None,
         config_drive=config_drive,
         qemu=qemu,
+        web_console=build_web_console(
+            settings.vm.web_console_port, settings.run_dir, pod.qemu_user
+        ),
         base=base,
         notes=tuple(notes),
     )
+
+
+def _given(port: int | None) -> tuple[int, ...]:
+    return (port,) if port else ()
 
 
 def _dhcp(

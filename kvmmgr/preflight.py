@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from kvmmgr.plan import Plan
 from kvmmgr.system import proc
 from kvmmgr.system.access import closed_directory
 from kvmmgr.system.devices import opens
+from kvmmgr.webconsole import daemon
+from kvmmgr.webconsole.plan import PAGE, WebConsolePlan
 
 # Capability bits (linux/capability.h), and what each is needed for.
 CAPABILITIES = {
@@ -71,6 +74,8 @@ def check(
             raise PreconditionError(f"{program}: not found on PATH: expected it installed")
     _check_hardware(plan)
     _check_qemu_user(plan, volumes)
+    if plan.web_console is not None:
+        _check_web_console(plan.web_console)
     writable = [plan.qemu.qmp_socket.parent]
     if not plan.disks.overlay.exists():
         writable.append(plan.disks.overlay.parent)
@@ -78,6 +83,25 @@ def check(
         writable.append(plan.disks.base.parent)
     for directory in writable:
         _check_writable(directory)
+
+
+def _check_web_console(console: WebConsolePlan) -> None:
+    """noVNC's page is there, and WEB_CONSOLE_PORT is free, or this VM's server holds it
+    (an earlier start's, which the step replaces)."""
+    page = console.files / PAGE
+    if not page.is_file():
+        raise PreconditionError(
+            f"{page}: missing: expected noVNC's page (Debian's novnc package) for WEB_CONSOLE_PORT"
+        )
+    if daemon.running(console):
+        return
+    try:
+        socket.create_server(("0.0.0.0", console.port)).close()
+    except OSError as exc:
+        raise PreconditionError(
+            f"WEB_CONSOLE_PORT={console.port}: cannot listen on it in the pod ({exc.strerror}): "
+            "expected a port that nothing else of the pod's uses"
+        ) from None
 
 
 def _check_hardware(plan: Plan) -> None:

@@ -31,6 +31,7 @@ from kvmmgr.plan import Plan, make_plan
 from kvmmgr.system import access
 from kvmmgr.system.files import ensure_private_dir
 from kvmmgr.vm import launch
+from kvmmgr.webconsole import daemon
 
 log = logging.getLogger("kvmmgr")
 
@@ -225,6 +226,20 @@ class Vnc:
         return f"QEMU's display 0 on port 5900 of the pod's IPv4 addresses, {password}"
 
 
+@dataclass(frozen=True)
+class WebConsole:
+    port: int | None  # None: WEB_CONSOLE_PORT unset
+    pid: int | None = None
+
+    def __str__(self) -> str:
+        if self.port is None:
+            return "off (WEB_CONSOLE_PORT unset)"
+        return (
+            f"noVNC on port {self.port} of the pod's IPv4 addresses (pid {self.pid}), the "
+            "display's WebSocket at /websockify, behind VNC's password"
+        )
+
+
 # --- the steps -------------------------------------------------------------------------------
 
 
@@ -303,6 +318,13 @@ def _vnc(plan: Plan, context: Context) -> Vnc:
     return Vnc(context.settings.vm.vnc, plan.qemu.vnc_password_file)
 
 
+def _web_console(plan: Plan, context: Context) -> WebConsole:
+    console = plan.web_console
+    if console is None:
+        return WebConsole(None)
+    return WebConsole(console.port, daemon.apply_web_console(console, detached=context.detached))
+
+
 def _qemu_access(plan: Plan, context: Context) -> access.Granted:
     qemu = plan.qemu
     return access.grant(qemu.files, qemu.user, qemu.groups, volumes(context.settings))
@@ -323,6 +345,7 @@ STEPS: tuple[Step, ...] = (
     Step("dhcp", _dhcp),
     Step("config-drive", _config_drive),
     Step("vnc", _vnc),
+    Step("web-console", _web_console),
     Step("qemu-access", _qemu_access),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)

@@ -3,7 +3,8 @@ problems, and whether the startup step that made the part, run again, restores i
 without touching the VM. Pure.
 
 A part is named after its step: network (links, addresses, sysctls), firewall, dhcp-guard,
-dhcp. QEMU itself is not a part: without it there is nothing to check, and nothing to mend.
+dhcp, web-console. QEMU itself is not a part: without it there is nothing to check, and
+nothing to mend.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def check(plan: Plan, seen: Seen) -> tuple[Part, ...]:
         Part("firewall", bool(firewall.chains), tuple(_firewall(firewall, seen.firewall))),
         Part("dhcp-guard", guard is not None, tuple(_guard(guard, seen.guard)) if guard else ()),
         Part("dhcp", dhcp is not None, tuple(_dhcp(dhcp, plan.nics, seen)) if dhcp else ()),
+        Part("web-console", plan.web_console is not None, tuple(_web_console(plan, seen))),
     )
 
 
@@ -271,3 +273,17 @@ def _dhcp(plan: DhcpPlan, nics: tuple[NicPlan, ...], seen: Seen) -> Iterator[Pro
     link = seen.links.get(served[0])
     if link is None or link.index not in seen.dhcp_devices:
         yield Problem(f"dnsmasq does not listen on {served[0]} (UDP port 67)")
+
+
+# --- web console -----------------------------------------------------------------------------
+
+
+def _web_console(plan: Plan, seen: Seen) -> Iterator[Problem]:
+    """One live server; QEMU's WebSocket behind it is QEMU's own, up while QEMU is."""
+    if plan.web_console is None:
+        return
+    if not seen.web_console:
+        yield Problem("the web console's server is not running")
+    elif len(seen.web_console) > 1:
+        pids = ", ".join(map(str, seen.web_console))
+        yield Problem(f"{len(seen.web_console)} web console servers run ({pids})")

@@ -18,6 +18,7 @@ from kvmmgr.net.firewall import Family
 from kvmmgr.plan import Plan
 from kvmmgr.system import proc
 from kvmmgr.system.libload import load_iproute
+from kvmmgr.webconsole import daemon
 
 IFF_UP = 0x1
 DHCP_PORT = 67
@@ -34,6 +35,7 @@ def observe(plan: Plan) -> Seen:
         dhcp_devices=frozenset(_udp_devices(DHCP_PORT)) if plan.dhcp else frozenset(),
         firewall={family: proc.run([SAVE[family]]) for family in sorted(families)},
         guard=proc.run(["nft", "-j", "list", "ruleset", "netdev"]) if plan.dhcp_guard else None,
+        web_console=tuple(daemon.running(plan.web_console)) if plan.web_console else (),
     )
 
 

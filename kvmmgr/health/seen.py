@@ -30,3 +30,4 @@ class Seen:
     dhcp_devices: frozenset[int]  # where UDP port 67 is bound: device indexes, or ANY_DEVICE
     firewall: Mapping[Family, str]  # ip(6)tables-save's output, for each planned family
     guard: str | None  # `nft -j list ruleset netdev`; None: no guard planned
+    web_console: tuple[int, ...] = ()  # live console servers of this VM

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kvmmgr.net.model import VNC_PORT, PortSpec
+from kvmmgr.net.model import PortSpec
 from kvmmgr.net.nics import NatLink, NicPlan
 
 PREFIX = "KVMMGR-"
@@ -52,18 +52,12 @@ class FirewallPlan:
 
 
 def build_firewall(
-    *,
-    nics: Sequence[NicPlan],
-    keep_vnc: bool,
-    exclude: Sequence[PortSpec],
-    metrics_port: int | None = None,
+    *, nics: Sequence[NicPlan], private: Sequence[int], exclude: Sequence[PortSpec]
 ) -> FirewallPlan:
     """The rule set of every NIC: DNAT/SNAT for the NAT ones (IPv6 too on a dual-stack pod),
     and nothing but DHCP into the container from the VM's side in the other modes.
-    `metrics_port`: the metrics sidecar's TCP port, kept like VNC's."""
-    # The container's own services: for the pod's side, neither forwarded to the VM nor
-    # reachable from it.
-    private = ([VNC_PORT] if keep_vnc else []) + ([metrics_port] if metrics_port else [])
+    `private`: the TCP ports of the container's own services (VNC, the web console, the
+    metrics sidecar): for the pod's side, neither forwarded to the VM nor reachable from it."""
     kept = [PortSpec("tcp", port, port) for port in private] + list(exclude)
     rules = _Rules(_returns_for(kept), tuple(private))
     nat = [(nic, nic.link) for nic in nics if isinstance(nic.link, NatLink)]
@@ -91,7 +85,7 @@ class _Rules:
 
     def __init__(self, returns: tuple[Rule, ...], private: tuple[int, ...]) -> None:
         self.returns = returns  # the kept ports: RETURN before the DNAT
-        self.private = private  # TCP ports of the container's own (VNC, metrics)
+        self.private = private  # TCP ports of the container's own services
         self.hooked: dict[tuple[Family, str, str], list[Rule]] = {}
         self.own: list[Chain] = []
 
@@ -149,8 +143,8 @@ class _Rules:
         self.add(family, "raw", "PREROUTING", *allowed, f"! -s {own} -i {bridge} -j DROP")
 
     def _private_ports(self, family: Family, bridge: str) -> None:
-        """QEMU's VNC and the metrics sidecar listen on every pod address: they are for the
-        pod's side, not the VM's."""
+        """QEMU's VNC, the web console and the metrics sidecar listen on every pod address:
+        they are for the pod's side, not the VM's."""
         for port in self.private:
             self.add(family, "filter", "INPUT", f"-i {bridge} -p tcp -m tcp --dport {port} -j DROP")
 

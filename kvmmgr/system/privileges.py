@@ -34,9 +34,10 @@ class _CapData(ctypes.Structure):
     )
 
 
-def drop(user: Identity, groups: Sequence[int]) -> None:
+def drop(user: Identity, groups: Sequence[int], what: str = "QEMU") -> None:
     """Become `user` with exactly `groups`, with nothing to regain root by. Needs SETPCAP
-    (the bounding set), SETGID and SETUID; checked afterwards, whatever the kernel did."""
+    (the bounding set), SETGID and SETUID; checked afterwards, whatever the kernel did.
+    `what`: the program that is to run so, for the messages."""
     libc = ctypes.CDLL(None, use_errno=True)
     try:
         os.setgroups(list(groups))
@@ -50,12 +51,12 @@ def drop(user: Identity, groups: Sequence[int]) -> None:
         _call(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
     except OSError as exc:
         raise StepError(
-            f"cannot become {user.name} (uid {user.uid}, gid {user.gid}) for QEMU: {exc} "
+            f"cannot become {user.name} (uid {user.uid}, gid {user.gid}) for {what}: {exc} "
             "(the container needs the SETUID, SETGID and SETPCAP capabilities)"
         ) from exc
     left = leftovers(Path("/proc/self/status").read_text(), user)
     if left:
-        raise StepError(f"QEMU would not run unprivileged: {', '.join(left)}")
+        raise StepError(f"{what} would not run unprivileged: {', '.join(left)}")
 
 
 def leftovers(status: str, user: Identity) -> list[str]:

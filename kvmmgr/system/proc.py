@@ -68,8 +68,9 @@ def watch(argv: Sequence[str], on_output: Callable[[str], None], *, timeout: flo
         raise CommandError(argv, child.returncode, stderr)
 
 
-def pids_with_argument(program: str, argument: str) -> list[int]:
-    """PIDs of running `program` processes that have `argument` among their arguments."""
+def pids_with_argument(program: str | None, argument: str) -> list[int]:
+    """PIDs of running `program` processes (None: any) that have `argument` among their
+    arguments."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -78,7 +79,8 @@ def pids_with_argument(program: str, argument: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # exited meanwhile
-        if argv and os.path.basename(argv[0]) == program.encode() and argument.encode() in argv:
+        named = program is None or os.path.basename(argv[0]) == program.encode()
+        if argv and named and argument.encode() in argv:
             pids.append(int(entry.name))
     return sorted(pids)
 

@@ -131,6 +131,7 @@ def build_qemu(
     vnc: bool,
     vnc_password: bool,
     run_dir: Path,
+    websocket: tuple[str, int] | None = None,
     extra_args: Sequence[str],
     user: Identity,
     groups: Sequence[int] = (),
@@ -148,7 +149,7 @@ def build_qemu(
         *_nics(nics, vhost, NIC_DEVICES[hardware.nic_model]),
         "-device",
         "virtio-rng-pci",
-        *_display(vnc, password_file),
+        *_display(vnc, password_file, websocket),
         *_balloon(hardware.balloon),
         *extra_args,
     ]
@@ -260,10 +261,14 @@ def _balloon(balloon: bool) -> list[str]:
     return ["-device", f"virtio-balloon-pci,id={BALLOON_ID},{polling}"]
 
 
-def _display(vnc: bool, password_file: Path | None) -> list[str]:
+def _display(vnc: bool, password_file: Path | None, websocket: tuple[str, int] | None) -> list[str]:
+    """`websocket`: where the same display is also served over WebSocket (the web console),
+    behind the same password."""
     if not vnc:
         return ["-vga", "none", "-display", "none"]
     argv, option = [], "0.0.0.0:0"
+    if websocket is not None:
+        option += f",websocket={websocket[0]}:{websocket[1]}"
     if password_file is not None:
         argv += ["-object", f"secret,id={VNC_SECRET_ID},file={password_file},format=raw"]
         option += f",password-secret={VNC_SECRET_ID}"

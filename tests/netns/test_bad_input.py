@@ -144,6 +144,11 @@ class Case:
     mount: Callable[[PodLab], Callable[[], None]] | None = None  # returns how to undo it
 
 
+def _serving(lab: PodLab, port: int) -> None:
+    """Something else of the pod's listens on `port` (killed with the pod's namespace)."""
+    lab.in_pod.server("serve", "other", str(port))
+
+
 CASES = [
     Case("unparsable VM_IP", {"VM_IP": "192.168.254.256"}, "VM_IP='192.168.254.256'"),
     Case("VM_IP not a usable /30 host", {"VM_IP": "192.168.254.3"}, "usable host of its /30"),
@@ -205,6 +210,8 @@ CASES = [
     Case("VM_DISK_POLICY unknown", {"VM_DISK_POLICY": "replace"}, "VM_DISK_POLICY='replace'"),
     Case("METRICS_PORT not a port", {"METRICS_PORT": "70000"}, "METRICS_PORT='70000'"),
     Case("METRICS_PORT on VNC's", {"METRICS_PORT": "5900"}, "METRICS_PORT='5900'"),
+    Case("WEB_CONSOLE_PORT not a port", {"WEB_CONSOLE_PORT": "novnc"}, "WEB_CONSOLE_PORT="),
+    Case("WEB_CONSOLE_PORT, NO_VNC", {"WEB_CONSOLE_PORT": "6080", "NO_VNC": "1"}, "with NO_VNC"),
     Case("unknown VM_MACHINE", {"VM_MACHINE": "isapc"}, "VM_MACHINE='isapc'"),
     Case("Secure Boot on pc", {"VM_SECURE_BOOT": "1", "VM_MACHINE": "pc"}, "VM_SECURE_BOOT="),
     Case("IDE on q35", {"VM_DISK_BUS": "ide", "VM_MACHINE": "q35"}, "VM_DISK_BUS='ide'"),
@@ -307,6 +314,12 @@ CASES = [
         {"PATH": "{bin}"},
         "dnsmasq: not found on PATH",
         _only_some_programs("qemu-system-x86_64", "qemu-img"),
+    ),
+    Case(
+        "WEB_CONSOLE_PORT taken",
+        {"WEB_CONSOLE_PORT": "6080"},
+        "WEB_CONSOLE_PORT=6080: cannot listen on it in the pod",
+        lambda lab: _serving(lab, 6080),
     ),
     Case(
         "full IMAGE_DIR",

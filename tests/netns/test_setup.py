@@ -95,6 +95,20 @@ def test_setup_twice_converges_to_the_same_state(lab: PodLab) -> None:
     assert lab.net.pod.run("cat", str(lab.volumes / "run" / "dnsmasq.pid")) != dnsmasq_before
 
 
+def test_setup_twice_with_the_web_console_replaces_its_server(lab: PodLab) -> None:
+    """Started again, the server of the last start is replaced on the same port: one, as
+    QEMU's user, serving the page (QEMU is not there: nothing boots here)."""
+    first = setup(lab, WEB_CONSOLE_PORT="6080")
+    after_first = pod_state(lab)
+    servers = [p for p in processes(lab.net.pod) if "kvmmgr.webconsole" in p]
+    assert len(servers) == 1 and f"--of={lab.volumes / 'run'}" in servers[0]
+    second = setup(lab, WEB_CONSOLE_PORT="6080")
+    assert pod_state(lab) == after_first and second.stdout == first.stdout
+    assert "web-console: noVNC on port 6080" in second.stderr
+    page = lab.from_node.http(f"http://{lab.net.pod_ip}:6080/vnc.html")
+    assert page["status"] == 200 and "<title>noVNC</title>" in page["body"]
+
+
 def test_installed_rules_are_exactly_the_planned_ones(lab: PodLab) -> None:
     kept = {"NAT_EXCLUDE": "tcp/9100 udp/5353 tcp/8000-8010 sctp/3868"}  # multiport for tcp
     plan = planned(lab, **kept)

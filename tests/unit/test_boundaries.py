@@ -17,7 +17,7 @@ PLANNING = (
     "kvmmgr.net.dhcpguard", "kvmmgr.image.sources", "kvmmgr.image.disks", "kvmmgr.image.unpack",
     "kvmmgr.image.appliance", "kvmmgr.guest.cloudconfig", "kvmmgr.guest.formats",
     "kvmmgr.guest.drive", "kvmmgr.vm.qemu", "kvmmgr.vm.buses", "kvmmgr.vm.hardware",
-    "kvmmgr.health.seen", "kvmmgr.health.check", "kvmmgr.documents",
+    "kvmmgr.health.seen", "kvmmgr.health.check", "kvmmgr.documents", "kvmmgr.webconsole.plan",
 )  # fmt: skip
 # Modules that act: processes, sockets, the kernel's network, files on disk.
 ACTING = {

@@ -190,7 +190,10 @@ BAD_VALUES = [
     ("METRICS_PORT", "0", "a whole number from 1 to 65535"),
     ("METRICS_PORT", "65536", "a whole number from 1 to 65535"),
     ("METRICS_PORT", "http", "a whole number from 1 to 65535"),
-    ("METRICS_PORT", "5900", "another port than 5900, QEMU's VNC"),
+    ("METRICS_PORT", "5900", "another port than 5900 (QEMU's VNC), the container's own"),
+    ("WEB_CONSOLE_PORT", "0", "a whole number from 1 to 65535"),
+    ("WEB_CONSOLE_PORT", "novnc", "a whole number from 1 to 65535"),
+    ("WEB_CONSOLE_PORT", "5900", "another port than 5900, QEMU's VNC"),
     ("VM_BALLOON", "maybe", "one of 1/true/yes or 0/false/no"),
 ]
 
@@ -245,3 +248,13 @@ def test_vnc_password_longer_than_vnc_allows_is_refused_without_showing_it(passw
         settings(VNC_PASSWORD=password)
     assert "VNC_PASSWORD" in str(caught.value)
     assert password not in str(caught.value)
+
+
+def test_the_web_console_needs_vnc_and_a_port_of_its_own() -> None:
+    settings = load_settings({**BASE_ENV, "WEB_CONSOLE_PORT": "6080"})
+    assert settings.vm.web_console_port == 6080 and settings.vm.private_ports == (5900, 6080)
+    with pytest.raises(ConfigError, match=r"^WEB_CONSOLE_PORT='6080': expected unset with NO_VNC"):
+        load_settings({**BASE_ENV, "WEB_CONSOLE_PORT": "6080", "NO_VNC": "1"})
+    with pytest.raises(ConfigError, match=r"^METRICS_PORT='6080': expected another port than "):
+        load_settings({**BASE_ENV, "WEB_CONSOLE_PORT": "6080", "METRICS_PORT": "6080"})
+    assert load_settings({**BASE_ENV, "NO_VNC": "1", "METRICS_PORT": "5900"}).vm.private_ports == ()

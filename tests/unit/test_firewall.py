@@ -57,6 +57,15 @@ def test_no_vnc_forwards_5900_too() -> None:
     assert firewall.kept == ()
 
 
+def test_the_web_console_and_metrics_ports_are_kept_like_vnc() -> None:
+    firewall = rules({"WEB_CONSOLE_PORT": "6080", "METRICS_PORT": "9477"})
+    assert firewall.kept == ("tcp/5900", "tcp/6080", "tcp/9477")
+    lines = firewall.save_lines("nat") + firewall.save_lines("filter")
+    assert "-A KVMMGR-DNAT-eth0 -p tcp -m multiport --dports 5900,6080,9477 -j RETURN" in lines
+    for port in (5900, 6080, 9477):  # nor reachable from the VM
+        assert f"-A KVMMGR-INPUT -i kvmbr0 -p tcp -m tcp --dport {port} -j DROP" in lines
+
+
 def test_exclusions_come_before_the_dnat() -> None:
     firewall = rules({"NAT_EXCLUDE": "udp/5353 tcp/8000-8010"})
     chain = [line for line in firewall.save_lines("nat") if line.startswith("-A KVMMGR-DNAT")]

@@ -56,8 +56,19 @@ def test_a_vm_as_planned_has_no_problem_and_status_says_nothing_more() -> None:
         "firewall": "ok",
         "dhcp-guard": "off",  # NAT mode: DHCP never reaches the pod's link
         "dhcp": "ok",
+        "web-console": "off",  # WEB_CONSOLE_PORT unset
     }
     assert Health(parts).lines() == [] and not Health(parts).failed
+
+
+def test_a_web_console_whose_server_died_heals() -> None:
+    planned = plan({"WEB_CONSOLE_PORT": "6080"})
+    seen = dataclasses.replace(healthy(planned), web_console=(321,))
+    assert {p.name: p.state for p in check(planned, seen)}["web-console"] == "ok"
+    dead = dataclasses.replace(seen, web_console=())
+    assert problems(check(planned, dead)) == {
+        "web-console": [("the web console's server is not running", True)]
+    }
 
 
 def test_a_dead_dnsmasq_or_one_that_listens_elsewhere() -> None:

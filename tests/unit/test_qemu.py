@@ -82,6 +82,12 @@ def test_vnc_password_goes_through_a_secret_file_not_argv() -> None:
     assert _option(q.argv, "-vnc") == ["0.0.0.0:0,password-secret=vncpass"]
 
 
+def test_the_web_console_adds_a_websocket_behind_the_same_password() -> None:
+    q = _qemu({"VNC_PASSWORD": "s3cret", "WEB_CONSOLE_PORT": "6080"})
+    option = "0.0.0.0:0,websocket=127.0.0.2:5700,password-secret=vncpass"
+    assert _option(q.argv, "-vnc") == [option]  # not on 127.0.0.1: the loopback DNAT's
+
+
 def test_no_vnc() -> None:
     argv = _qemu({"NO_VNC": "1", "VNC_PASSWORD": "s3cret"}).argv
     assert "-vnc" not in argv
