@@ -191,6 +191,10 @@ while [ $i -lt 50 ]; do          # READY only once every socket is listening
 done
 [ $n = 4 ] || log "not every service is listening: $s"
 
+# The VGA screen (VNC, the web console) gets a banner that a test reads off a screenshot.
+printf '\033[2J\033[H\n\n    KVMTEST SCREEN READY\n\n    %s\n' "$(hostname)" >/dev/tty1 ||
+	log "no VGA console"
+
 up; mark READY uptime=$UP
 
 # User-data shell script (#!...) runs after READY, output on the console.
