@@ -72,6 +72,16 @@ VALUE_SETS: dict[str, Values] = {
         }
     ),
     "no-vnc": with_source({"vnc": {"enabled": False}, "service": {"vnc": True}}),
+    "web-console": with_source(
+        {
+            "vnc": {"password": "pa55word"},
+            "webConsole": {"enabled": True},
+            "vms": {
+                "custom": {"webConsole": {"port": 8443}},
+                "plain": {"webConsole": {"enabled": False}},
+            },
+        }
+    ),
     "device-plugin": with_source(
         {"devices": {"tunResource": "squat.ai/tun", "vhostNetResource": "squat.ai/vhost-net"}}
     ),

@@ -105,7 +105,7 @@ every template renders the VMs in the same order.
 {{- define "kvm-manager.collectVms" -}}
 {{- $root := .root }}
 {{- $out := .out }}
-{{- $base := pick $root.Values "replicas" "vm" "disk" "resources" "cloudInit" "vnc" "service" "extraEnv" "extraArgs" "debug" "metrics" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" }}
+{{- $base := pick $root.Values "replicas" "vm" "disk" "resources" "cloudInit" "vnc" "webConsole" "service" "extraEnv" "extraArgs" "debug" "metrics" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" }}
 {{- $fullname := include "kvm-manager.fullname" $root }}
 {{- $wanted := list }}
 {{- if $root.Values.enabled }}
@@ -346,6 +346,11 @@ The kvm-manager container's environment (context: a VM).
 - name: METRICS_PORT
   value: {{ int .v.metrics.port | quote }}
 {{- end }}
+{{- if .v.webConsole.enabled }}
+{{- include "kvm-manager.checkWebConsole" . }}
+- name: WEB_CONSOLE_PORT
+  value: {{ int .v.webConsole.port | quote }}
+{{- end }}
 {{- with .v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -370,6 +375,38 @@ container port, the headless Service, the annotations).
 {{- range .v.extraEnv }}
 {{- if eq .name "METRICS_PORT" }}
 {{- fail (printf "VM %s: set metrics.port, not METRICS_PORT in extraEnv: the containers, the container port and the Service port all follow metrics.port" $.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The web console's port, checked (context: a VM with webConsole.enabled). It shows QEMU's VNC
+display, so it needs VNC; and the VM container keeps WEB_CONSOLE_PORT instead of forwarding it
+to the VM, as it keeps 5900 and METRICS_PORT, so it can be none of those, nor a port the
+Service sends to the VM.
+*/}}
+{{- define "kvm-manager.checkWebConsole" -}}
+{{- $port := int .v.webConsole.port }}
+{{- if not .v.vnc.enabled }}
+{{- fail (printf "VM %s: webConsole.enabled needs vnc.enabled: the web console shows QEMU's VNC display (kvm-manager refuses WEB_CONSOLE_PORT with NO_VNC); set vnc.enabled to true or webConsole.enabled to false" .name) }}
+{{- end }}
+{{- if eq $port 5900 }}
+{{- fail (printf "VM %s: webConsole.port 5900 is QEMU's VNC display: choose another, e.g. 6080" .name) }}
+{{- end }}
+{{- if and .v.metrics.enabled (eq (int .v.metrics.port) $port) }}
+{{- fail (printf "VM %s: webConsole.port %d is also metrics.port: choose another for one of them" .name $port) }}
+{{- end }}
+{{- range .v.service.ports }}
+{{- if and (eq (int (.targetPort | default .port)) $port) (eq (.protocol | default "TCP") "TCP") }}
+{{- fail (printf "VM %s: webConsole.port %d is also the target of service port %s, which goes to the VM: the pod keeps TCP %d for the web console; choose another webConsole.port" $.name $port .name $port) }}
+{{- end }}
+{{- if eq .name "web-console" }}
+{{- fail (printf "VM %s: service port name web-console is the web console's (webConsole.enabled): name it otherwise" $.name) }}
+{{- end }}
+{{- end }}
+{{- range .v.extraEnv }}
+{{- if eq .name "WEB_CONSOLE_PORT" }}
+{{- fail (printf "VM %s: set webConsole.port, not WEB_CONSOLE_PORT in extraEnv: the container, its port and the Service port all follow webConsole.port" $.name) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -499,7 +536,8 @@ which the chart cannot know (vm.diskSizeFromVolume: false then).
 {{- end }}
 
 {{/*
-The Service ports of one VM (context: a VM), as YAML {ports: [...]}: service.ports, then VNC.
+The Service ports of one VM (context: a VM), as YAML {ports: [...]}: service.ports, then VNC,
+then the web console (one port for its page and its WebSocket).
 */}}
 {{- define "kvm-manager.servicePorts" -}}
 {{- $ports := list }}
@@ -512,6 +550,10 @@ The Service ports of one VM (context: a VM), as YAML {ports: [...]}: service.por
 {{- end }}
 {{- if and .v.service.vnc .v.vnc.enabled }}
 {{- $ports = append $ports (dict "name" "vnc" "port" 5900 "targetPort" 5900 "protocol" "TCP") }}
+{{- end }}
+{{- if .v.webConsole.enabled }}
+{{- $port := int .v.webConsole.port }}
+{{- $ports = append $ports (dict "name" "web-console" "port" $port "targetPort" $port "protocol" "TCP") }}
 {{- end }}
 {{- toYaml (dict "ports" $ports) }}
 {{- end }}
