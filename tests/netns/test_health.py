@@ -89,6 +89,7 @@ def test_a_dead_dnsmasq_is_noticed_then_replaced(lab: PodLab, vm: KvmManager) ->
         "firewall": "ok",
         "dhcp-guard": "off",
         "dhcp": "failed",
+        "web-console": "off",
     }
     (line,) = repaired(lab)
     assert line.startswith("dhcp: repaired (dnsmasq is not running): dnsmasq pid ")
