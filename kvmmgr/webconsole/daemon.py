@@ -7,6 +7,7 @@ import select
 import socket
 import subprocess
 from contextlib import ExitStack
+from pathlib import Path
 
 from kvmmgr.errors import StepError
 from kvmmgr.system import proc
@@ -27,10 +28,12 @@ def apply_web_console(plan: WebConsolePlan, *, detached: bool = False) -> int:
         raise StepError(f"cannot listen on WEB_CONSOLE_PORT {plan.port}: {exc}") from exc
     with ExitStack() as stack:
         stack.enter_context(listener)
-        log = stack.enter_context(open(plan.log_file, "ab")) if detached else None
+        log = _log(plan.log_file) if detached else None
+        if log is not None:
+            stack.callback(os.close, log)
         ready, said = os.pipe()
         stack.callback(os.close, ready)
-        with open(said, "wb", closefd=True):  # ours closed once the child has its copy
+        try:
             child = subprocess.Popen(
                 plan.argv(listener.fileno(), said, parent=None if detached else os.getpid()),
                 stdin=subprocess.DEVNULL,
@@ -39,6 +42,8 @@ def apply_web_console(plan: WebConsolePlan, *, detached: bool = False) -> int:
                 pass_fds=(listener.fileno(), said),
                 start_new_session=True,  # the demo's Ctrl-C is QEMU's to handle, not the server's
             )
+        finally:
+            os.close(said)  # the child's copy is the only one: its exit is our EOF
         if not _ready(ready):
             child.kill()
             child.wait()
@@ -57,6 +62,11 @@ def stop_web_console(plan: WebConsolePlan) -> None:
 def running(plan: WebConsolePlan) -> list[int]:
     """The live console servers of this VM (a zombie has no command line any more)."""
     return proc.pids_with_argument(None, plan.marker)
+
+
+def _log(path: Path) -> int:
+    """Appended to, owner-only like everything in RUN_DIR: it names the browsers' addresses."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def _ready(fd: int) -> bool:

@@ -7,11 +7,13 @@ QEMU, and no request names a file outside noVNC's folder, nor lists one."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +32,7 @@ HANDSHAKE_HEADERS = (
 # The page connects by itself to the path beside it; resize=scale fits the screen to the tab.
 START = f"/{PAGE}?autoconnect=true&resize=scale&path={WEBSOCKET_PATH.lstrip('/')}"
 CONNECT_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 30.0  # a client that sends no whole request in time is let go
 CHUNK = 65536
 
 
@@ -52,6 +55,7 @@ class _Handler(SimpleHTTPRequestHandler):
     server: ConsoleServer
     server_version = "kvm-manager-console"
     sys_version = ""
+    timeout = REQUEST_TIMEOUT
 
     def __init__(self, request: Any, client_address: Any, server: ConsoleServer) -> None:
         super().__init__(request, client_address, server, directory=str(server.files))
@@ -94,6 +98,7 @@ class _Handler(SimpleHTTPRequestHandler):
         self.close_connection = True
         with upstream:
             upstream.settimeout(None)
+            self.connection.settimeout(None)  # a console may stay open, idle, for hours
             upstream.sendall(self._handshake())  # QEMU answers it: 101, or why not
             log.info("web console: %s connected", self.client_address[0])
             splice(self.rfile, self.connection, upstream)
@@ -109,7 +114,7 @@ class _Handler(SimpleHTTPRequestHandler):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
-def splice(client_in: Any, client: socket.socket, upstream: socket.socket) -> None:
+def splice(client_in: io.BufferedIOBase, client: socket.socket, upstream: socket.socket) -> None:
     """Both ways at once until either side ends. `client_in`: the client's buffered reader,
     which may hold bytes read past the request already."""
     back = threading.Thread(target=_pump, args=(upstream.recv, client), daemon=True)
@@ -118,7 +123,7 @@ def splice(client_in: Any, client: socket.socket, upstream: socket.socket) -> No
     back.join()
 
 
-def _pump(read: Any, to: socket.socket) -> None:
+def _pump(read: Callable[[int], bytes], to: socket.socket) -> None:
     try:
         while data := read(CHUNK):
             to.sendall(data)
