@@ -5,6 +5,7 @@ system, and the image domain knows nothing of the network."""
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,18 @@ def test_the_image_domain_knows_nothing_of_the_network() -> None:
     for path in (PACKAGE / "image").glob("*.py"):
         name = f"kvmmgr.image.{path.stem}"
         assert not {m for m in imports(name) if m.startswith("kvmmgr.net")}, name
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists the packages an install takes: one missing from the list is
+    missing from the image, which then fails at its first import of it."""
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    found = {
+        ".".join(init.parent.relative_to(PACKAGE.parent).parts)
+        for init in PACKAGE.rglob("__init__.py")
+    }
+    assert found == listed
