@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import boot, convert, datapath, fetch, metrics, startup
+from benchmarks import boot, convert, datapath, fetch, metrics, startup, webconsole
 
 
 def main() -> int:
@@ -28,6 +28,7 @@ def main() -> int:
         ("Appliance import", convert.main, ["--runs", "1" if quick else "3"]
          + (["--size-mib", "256"] if quick else [])),
         ("Metrics scrape", metrics.main, ["--runs", "20" if quick else "200"]),
+        ("Web console", webconsole.main, ["--runs", "3" if quick else "20"]),
     ]  # fmt: skip
     for title, run, args in suites:
         print(f"\n## {title}\n", flush=True)

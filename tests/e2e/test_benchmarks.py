@@ -19,6 +19,7 @@ SMALL = {
     "fetch": ["--runs", "1", "--size-gib", "0.05"],
     "convert": ["--runs", "1", "--size-mib", "16"],
     "metrics": ["--runs", "5"],
+    "webconsole": ["--runs", "2"],
 }
 HEADERS = {
     "startup": "| **`kvm-manager setup`**, new pod |",
@@ -28,6 +29,7 @@ HEADERS = {
     "fetch": "| kvm-manager fetch, IMG_SHA256 |",
     "convert": "| export | qemu-img convert | cp, convert, sync | kvm-manager fetch |",
     "metrics": "| QEMU running | 5 |",
+    "webconsole": "| through the web console's server |",
 }
 
 
