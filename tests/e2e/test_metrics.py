@@ -26,6 +26,7 @@ from tests.unit.test_metrics import Series, series
 PORT = "9477"
 READY_TIMEOUT = 30.0
 BLOB = 512 << 10  # bytes the node fetches from the guest
+FILTERED = 8 << 10  # bytes the tap may send that the guest's NIC filters out
 
 
 def start_sidecar(lab: PodLab) -> KvmManager:
@@ -160,12 +161,16 @@ def test_nic_counters_move_with_real_traffic_and_are_the_guests_view(
     assert grew("kvmmgr_nic_receive_bytes_total") < grew("kvmmgr_nic_transmit_bytes_total")
     assert value(after, "kvmmgr_nic_receive_drops_total", **NIC) == 0
     # The guest's own counters lie between two scrapes: the tap's transmit is its receive.
+    # But for a few frames: QEMU's virtio-net drops what the guest's receive filter refuses
+    # (multicast it never joined, such as the bridge's IPv6 MLD reports), which the tap
+    # counted as sent (seen once in CI: 797 bytes). Swapped directions would be a BLOB off.
     first = scrape(lab)
     received, sent = guest_counter(lab, "rx_bytes"), guest_counter(lab, "tx_bytes")
     last = scrape(lab)
     for name, guest in (("receive", received), ("transmit", sent)):
         metric = f"kvmmgr_nic_{name}_bytes_total"
-        assert value(first, metric, **NIC) <= guest <= value(last, metric, **NIC), name
+        low, high = value(first, metric, **NIC), value(last, metric, **NIC)
+        assert low - FILTERED <= guest <= high, (name, low, guest, high)
 
 
 def test_vcpu_time_moves_with_the_guests_work(
