@@ -10,7 +10,6 @@ is read from /proc after the scrapes. Medians.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -19,8 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import WORKDIR, median, ms1, need_root, say, table
-from benchmarks.vms import GuestPods, wait_ready
+from benchmarks.common import median, ms1, say, table
+from benchmarks.vms import GuestPods, guest_benchmark, wait_ready
 from kvmmgr.metrics.monitor import SESSION_SECONDS
 from podlab.lab import KvmManager, PodLab
 
@@ -94,15 +93,7 @@ def measure(pods: GuestPods, runs: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--dir", type=Path, default=WORKDIR / "metrics")
-    args = parser.parse_args(argv)
-    need_root()
-    pods = GuestPods(args.dir.resolve())
-    pods.prepare()
-    print(measure(pods, args.runs))
-    return 0
+    return guest_benchmark(argv, __doc__, "metrics", 200, measure)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,17 @@ start filled, as it would on a cluster after the first pod; each pod has its own
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks.common import say, timed
+from benchmarks.common import WORKDIR, need_root, say, timed
 from kvmmgr.vm.qemu import (
     AGENT_FD,
     AGENT_SOCKET,
@@ -149,3 +150,23 @@ def seconds_until_answer(
 def now() -> float:
     """The clock the poller reports in (CLOCK_MONOTONIC is system-wide)."""
     return time.monotonic()
+
+
+def guest_benchmark(
+    argv: Sequence[str] | None,
+    doc: str,
+    name: str,
+    runs: int,
+    measure: Callable[[GuestPods, int], str],
+) -> int:
+    """The main of a benchmark that measures the test guest in a pod of its own: `--runs`,
+    `--dir` (default: WORKDIR/`name`); `measure`'s tables on stdout."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--dir", type=Path, default=WORKDIR / name)
+    args = parser.parse_args(argv)
+    need_root()
+    pods = GuestPods(args.dir.resolve())
+    pods.prepare()
+    print(measure(pods, args.runs))
+    return 0

@@ -12,15 +12,13 @@ Medians.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from benchmarks.common import WORKDIR, median, ms1, need_root, ratio, say, table
+from benchmarks.common import median, ms1, ratio, say, table
 from benchmarks.metrics import memory_mib
-from benchmarks.vms import GuestPods, wait_ready
+from benchmarks.vms import GuestPods, guest_benchmark, wait_ready
 from kvmmgr.system import proc
 from kvmmgr.webconsole.plan import QEMU_WEBSOCKET, WEBSOCKET_PATH
 from podlab.lab import PodLab
@@ -147,15 +145,7 @@ def measure(pods: GuestPods, runs: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--dir", type=Path, default=WORKDIR / "webconsole")
-    args = parser.parse_args(argv)
-    need_root()
-    pods = GuestPods(args.dir.resolve())
-    pods.prepare()
-    print(measure(pods, args.runs))
-    return 0
+    return guest_benchmark(argv, __doc__, "webconsole", 20, measure)
 
 
 if __name__ == "__main__":
